@@ -1,0 +1,47 @@
+"""hpcflow: gauge-equivariant normalizing flows for lattice gauge theory in 2, 3 and 4 dimensions."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "hpcflow" / "_version.py").read_text()
+).group(1)
+
+setup(
+    name="hpcflow",
+    version=VERSION,
+    description=(
+        "Sampling U(1) and SU(N) lattice gauge theories in 2-4D with gauge-equivariant "
+        "normalizing flows, trained with MPI on supercomputers"
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hpcflow", "hpcflow.*"]),
+    include_package_data=True,
+    install_requires=[
+        # A range: clusters bring their own CUDA/ROCm/XPU builds. The CPU install path
+        # (Makefile) pins torch==2.13.0, see README.md.
+        "torch>=2.1,<3",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pyyaml>=6.0",
+        "h5py>=3.8",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1"],
+        # Horovod needs a compiler wrapper and build flags: use launch/install_horovod.sh.
+        "horovod": ["horovod==0.28.1"],
+        "plot": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["hpcflow = hpcflow.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Physics",
+    ],
+)
