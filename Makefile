@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (the main job) and `make test` (lint + test suite).
+# Both create .venv on first use and install everything they need into it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+NP     ?= 2
+CONFIG ?= configs/demo.yaml
+
+.PHONY: install run test lint bench clean
+
+# CPU install path: torch pinned to the CPU wheel of these machines; the package itself asks
+# for a range (setup.py) so that clusters keep their own CUDA/ROCm/XPU builds. mpich provides
+# mpiexec locally; on clusters use the site MPI instead (README.md).
+$(BIN)/.installed: setup.py Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check mpich -e '.[mpi,plot,test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/hpcflow info
+	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m hpcflow check $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check hpcflow tests perf
+
+# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
+test: lint
+	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+bench: install
+	$(BIN)/python perf/bench_loops.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,293 @@
+"""Typed, validated configuration: YAML files plus ``--set key=value`` overrides.
+
+Each section is a dataclass with defaults; the loader walks the type hints, so a section is
+declared once and validated everywhere (CONTRACTS.md, "Configuration keys"). Every error is a
+:class:`ConfigError` naming the dotted key and what was expected. Validation happens once, here,
+at the boundary; the rest of the code trusts the structures it receives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError, InputFileError
+
+__all__ = [
+    "Config",
+    "LatticeConfig",
+    "ActionConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "DistributedConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+]
+
+
+# ----------------------------------------------------------------------------------- sections
+@dataclass
+class LatticeConfig:
+    """``lattice``: periodic hypercubic lattice and gauge group."""
+
+    shape: list[int] = field(default_factory=list)
+    """Extents ``[L_0, ..., L_{Nd-1}]``, Nd = 2, 3 or 4 (required)."""
+    group: str = ""
+    """``U1``, ``SU2``, ``SU3`` or ``SU<N>`` (required)."""
+
+    def check(self, key: str) -> None:
+        if not self.shape:
+            raise ConfigError(f"{key}.shape", "is required: a list of 2 to 4 positive extents")
+        if not 2 <= len(self.shape) <= 4 or any(x < 1 for x in self.shape):
+            raise ConfigError(
+                f"{key}.shape",
+                f"expected 2 to 4 positive extents (Nd = 2, 3, 4), got {self.shape}",
+            )
+        if not self.group:
+            raise ConfigError(f"{key}.group", "is required: U1, SU2, SU3 or SU<N>")
+        m = re.fullmatch(r"SU(\d+)", self.group)
+        if self.group != "U1" and not (m and int(m.group(1)) >= 2):
+            raise ConfigError(f"{key}.group", f"expected U1 or SU<N> (N >= 2), got {self.group!r}")
+
+    @property
+    def nd(self) -> int:
+        return len(self.shape)
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ActionConfig:
+    """``action``: Wilson gauge action ``-(beta/Nc) sum [c0 Re tr P + c1 Re tr R]``."""
+
+    beta: float = math.nan
+    """Coupling (required, > 0)."""
+    c1: float = 0.0
+    """Rectangle coefficient; 0 is the Wilson action, -1/12 Lüscher-Weisz, -0.331 Iwasaki."""
+
+    def check(self, key: str) -> None:
+        if math.isnan(self.beta):
+            raise ConfigError(f"{key}.beta", "is required: a positive coupling")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"{key}.beta", f"expected a finite positive number, got {self.beta}")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: reverse-KL training."""
+
+    steps: int = 1000
+    """Total optimizer steps; a resumed run continues to this number."""
+    batch_size: int = 64
+    """GLOBAL batch per step, summed over all ranks."""
+    seed: int = 0
+    """Master seed; results depend on it, not on the number of ranks."""
+
+    def check(self, key: str) -> None:
+        _positive(self.steps, f"{key}.steps", allow_zero=True)
+        _positive(self.batch_size, f"{key}.batch_size")
+        _positive(self.seed, f"{key}.seed", allow_zero=True)
+
+
+@dataclass
+class SampleConfig:
+    """``sample``: drawing ensembles from a trained flow."""
+
+    n_samples: int = 4096
+    """Default N for ``hpcflow sample``."""
+    batch_size: int = 256
+    """Proposals drawn per batch on each rank."""
+
+    def check(self, key: str) -> None:
+        _positive(self.n_samples, f"{key}.n_samples")
+        _positive(self.batch_size, f"{key}.batch_size")
+
+
+@dataclass
+class DistributedConfig:
+    """``distributed``: how ranks talk and which device each uses."""
+
+    backend: Literal["auto", "none", "mpi", "torch", "horovod"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
+    threads: int = 0
+    """CPU threads per rank for torch; 0 leaves torch's default."""
+
+    def check(self, key: str) -> None:
+        _positive(self.threads, f"{key}.threads", allow_zero=True)
+
+
+@dataclass
+class Config:
+    """The whole run configuration. Only ``lattice`` and ``action`` must be given."""
+
+    lattice: LatticeConfig = field(default_factory=LatticeConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def check(self, key: str = "") -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "check"):
+                section.check(f.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _positive(value: int, key: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        expected = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ConfigError(key, f"expected {expected}, got {value}")
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML), validate.
+
+    ``path`` may be ``None`` to build from overrides alone. Raises :class:`InputFileError` for a
+    missing or unreadable file and :class:`ConfigError` naming the key for everything else.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputFileError(path, f"cannot read configuration: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise InputFileError(path, f"not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputFileError(path, "expected a mapping of sections at the top level")
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data)
+
+
+def apply_overrides(data: dict[str, Any], overrides) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` applied (YAML-typed value)."""
+    out = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like KEY=VALUE, e.g. action.beta=3.0")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(key or item, "empty key in override")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(key, f"cannot parse value {raw!r} as YAML") from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts[: i + 1]), "is not a section; cannot set a subkey")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data (e.g. a checkpoint's copy)."""
+    cfg = _build(Config, data, "")
+    cfg.check()
+    return cfg
+
+
+def _build(cls, data, key: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"expected a mapping (section), got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            where = f"{key}.{name}" if key else str(name)
+            raise ConfigError(where, f"unknown key; expected one of {', '.join(fields)}")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{key}.{name}" if key else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str):
+    """Check ``value`` against the type hint ``tp`` and convert where it is lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(exc.expected)
+        raise ConfigError(key, " or ".join(errors) + f", got {_describe(value)}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(key, f"expected one of {choices}, got {_describe(value)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {_describe(value)}")
+        item_tp = args[0] if args else Any
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {_describe(value)}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in a section, not input
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "nothing (null)"

@@ -1,0 +1,260 @@
+"""Gauge groups U(1) and SU(N) behind one interface.
+
+Group elements are complex matrices with the colour indices last: ``[..., Nc, Nc]``; U(1) is the
+``Nc = 1`` case, so that every public tensor of the project has the layout
+``links: [B, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]`` (PHYSICS.md, "Lattice and fields").
+U(1) overrides the matrix operations with elementwise ones (a 1x1 product is a scalar product).
+
+The loop walker (``loops.py``) only needs ``mul``, ``dagger`` and ``elem_dims``; the
+:class:`Angles` algebra lets the same walker build U(1) loops on angles and :class:`Counts`
+count active links on loops (masks), so one walker serves every use.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+__all__ = [
+    "Algebra",
+    "Angles",
+    "Counts",
+    "Group",
+    "U1",
+    "SUN",
+    "get_group",
+    "haar_unitary",
+    "gauge_transform",
+    "random_gauge",
+]
+
+
+class Algebra:
+    """The operations a path walker needs: an associative product and an inverse.
+
+    ``elem_dims`` is the number of trailing tensor dimensions of one element
+    (2 for matrices ``[Nc, Nc]``, 0 for scalars such as U(1) angles).
+    """
+
+    elem_dims: int = 2
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dagger(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Angles(Algebra):
+    """U(1) on angles: the product of phases is the sum of angles; the inverse is the negative."""
+
+    elem_dims = 0
+
+    def mul(self, a, b):
+        return a + b
+
+    def dagger(self, a):
+        return -a
+
+
+class Counts(Algebra):
+    """Indicator fields: a path 'product' counts how many marked links it crosses.
+
+    Both orientations of a link count once, so the inverse is the identity map.
+    """
+
+    elem_dims = 0
+
+    def mul(self, a, b):
+        return a + b
+
+    def dagger(self, a):
+        return a
+
+
+class Group(Algebra):
+    """A compact matrix group acting on ``[..., Nc, Nc]`` complex tensors.
+
+    Subclasses: :class:`U1`, :class:`SUN`. Instances are stateless and compare by name.
+    """
+
+    name: str = ""
+    nc: int = 1
+
+    # ------------------------------------------------------------------ basic algebra
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Matrix product ``a @ b`` of ``[..., Nc, Nc]`` tensors (broadcasting)."""
+        return a @ b
+
+    def dagger(self, a: torch.Tensor) -> torch.Tensor:
+        """Hermitian conjugate ``a^dagger``: ``[..., Nc, Nc] -> [..., Nc, Nc]``."""
+        return a.conj().transpose(-1, -2)
+
+    def trace(self, a: torch.Tensor) -> torch.Tensor:
+        """Trace over colour: ``[..., Nc, Nc] -> [...]`` (complex)."""
+        return a.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+    def identity(self, shape, *, dtype=torch.complex128, device=None) -> torch.Tensor:
+        """The unit element broadcast to ``[*shape, Nc, Nc]``."""
+        eye = torch.eye(self.nc, dtype=dtype, device=device)
+        return eye.expand(*shape, self.nc, self.nc).clone()
+
+    # ------------------------------------------------------------------ sampling, projection
+    def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """Haar-distributed elements ``[*shape, Nc, Nc]`` (exact, see subclasses)."""
+        raise NotImplementedError
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        """Nearest group element (in Frobenius norm) to a matrix ``[..., Nc, Nc]``."""
+        raise NotImplementedError
+
+    def eig(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition of unitary matrices: ``a = V diag(exp(i phi)) V^dagger``.
+
+        Returns ``phi: [..., Nc]`` real in ``(-pi, pi]`` and ``V: [..., Nc, Nc]`` with
+        orthonormal columns (the eigenvectors are defined up to a phase per column).
+        """
+        evals, evecs = torch.linalg.eig(a)
+        phi = torch.angle(evals)
+        # Columns of a unitary matrix's eigenvector basis are orthonormal only for distinct
+        # eigenvalues; a QR pass makes them orthonormal in the degenerate case as well.
+        q, r = torch.linalg.qr(evecs)
+        diag = r.diagonal(dim1=-2, dim2=-1)
+        q = q * (diag / diag.abs().clamp_min(torch.finfo(diag.real.dtype).tiny)).unsqueeze(-2)
+        return phi, q
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Group) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class U1(Group):
+    """U(1): phases ``exp(i theta)`` stored as ``[..., 1, 1]`` complex tensors.
+
+    Products, inverses and traces are elementwise; ``angle``/``from_angle`` convert to and from
+    the angle representation the U(1) flows use inside.
+    """
+
+    name = "U1"
+    nc = 1
+
+    def mul(self, a, b):
+        return a * b
+
+    def dagger(self, a):
+        return a.conj()
+
+    def trace(self, a):
+        return a[..., 0, 0]
+
+    def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """Uniform angles on ``[0, 2 pi)``: the normalized Haar measure of U(1)."""
+        real = _real_dtype(dtype)
+        theta = 2 * math.pi * torch.rand(*shape, generator=generator, dtype=real, device=device)
+        return self.from_angle(theta)
+
+    def project(self, a):
+        return a / a.abs().clamp_min(torch.finfo(a.real.dtype).tiny)
+
+    def eig(self, a):
+        return torch.angle(a[..., 0, :]), torch.ones_like(a)
+
+    @staticmethod
+    def angle(a: torch.Tensor) -> torch.Tensor:
+        """``[..., 1, 1]`` complex -> ``[...]`` angle in ``(-pi, pi]``."""
+        return torch.angle(a[..., 0, 0])
+
+    @staticmethod
+    def from_angle(theta: torch.Tensor) -> torch.Tensor:
+        """``[...]`` real angle -> ``[..., 1, 1]`` complex phase."""
+        return torch.polar(torch.ones_like(theta), theta)[..., None, None]
+
+
+class SUN(Group):
+    """SU(N), N >= 2: special unitary ``N x N`` matrices."""
+
+    def __init__(self, n: int):
+        if n < 2:
+            raise ValueError(f"SU(N) needs N >= 2, got N = {n}")
+        self.nc = n
+        self.name = f"SU{n}"
+
+    def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """Exact Haar sampling (ALGORITHMS.md, "Haar sampling of SU(N)").
+
+        QR of a complex Gaussian matrix, phases of ``diag(R)`` moved into ``Q`` (without this
+        the result is not Haar), then division by one N-th root of ``det Q``.
+        Returns ``[*shape, N, N]``.
+        """
+        q = haar_unitary(self.nc, shape, generator=generator, dtype=dtype, device=device)
+        # QR returns column-major matrices; row-major keeps later batched products fast.
+        return _divide_det_root(q).contiguous()
+
+    def project(self, a):
+        """Closest SU(N) matrix: unitary polar factor ``U S V^dagger``-style via SVD, then
+        the determinant phase removed by an N-th root."""
+        u, _, vh = torch.linalg.svd(a)
+        return _divide_det_root(u @ vh)
+
+
+def haar_unitary(n: int, shape, *, generator=None, dtype=torch.complex128, device=None):
+    """Haar-distributed U(N) matrices ``[*shape, n, n]`` (Mezzadri, math-ph/0609050).
+
+    QR of a complex Gaussian matrix with the phases of ``diag(R)`` moved into ``Q``.
+    """
+    real = _real_dtype(dtype)
+    z = torch.randn(*shape, n, n, 2, generator=generator, dtype=real, device=device)
+    z = torch.complex(z[..., 0], z[..., 1]) / math.sqrt(2.0)
+    q, r = torch.linalg.qr(z)
+    d = r.diagonal(dim1=-2, dim2=-1)
+    return q * (d / d.abs()).unsqueeze(-2)
+
+
+def _divide_det_root(q: torch.Tensor) -> torch.Tensor:
+    """Map ``U(N)`` to ``SU(N)``: ``q / det(q)^(1/N)`` with the principal root."""
+    n = q.shape[-1]
+    phase = torch.angle(torch.linalg.det(q)) / n
+    return q * torch.polar(torch.ones_like(phase), -phase)[..., None, None]
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+
+
+def get_group(name: str) -> Group:
+    """Group from its configuration name: ``"U1"``, ``"SU2"``, ``"SU3"``, ``"SU<N>"``.
+
+    Raises ``ValueError`` naming the accepted forms for anything else.
+    """
+    if name == "U1":
+        return U1()
+    m = re.fullmatch(r"SU(\d+)", str(name))
+    if m and int(m.group(1)) >= 2:
+        return SUN(int(m.group(1)))
+    raise ValueError(f"unknown gauge group {name!r}; expected 'U1' or 'SU<N>' with N >= 2")
+
+
+def random_gauge(group: Group, batch: int, shape, *, generator=None,
+                 dtype=torch.complex128, device=None) -> torch.Tensor:
+    """Random gauge transformation ``Omega: [batch, *L, Nc, Nc]``, Haar at every site."""
+    return group.random((batch, *shape), generator=generator, dtype=dtype, device=device)
+
+
+def gauge_transform(links: torch.Tensor, omega: torch.Tensor, group: Group) -> torch.Tensor:
+    """Apply ``U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu)^dagger`` (PHYSICS.md, Gauge symmetry).
+
+    links: ``[B, Nd, *L, Nc, Nc]``; omega: ``[B, *L, Nc, Nc]``. Returns the transformed links.
+    """
+    nd = links.shape[1]
+    out = []
+    for mu in range(nd):
+        omega_fwd = torch.roll(omega, -1, dims=1 + mu)  # Omega(x + mu)
+        out.append(group.mul(group.mul(omega, links[:, mu]), group.dagger(omega_fwd)))
+    return torch.stack(out, dim=1)

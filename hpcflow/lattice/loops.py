@@ -1,0 +1,185 @@
+"""The one path walker: closed and open Wilson loops of any shape, in any dimension.
+
+A path is a tuple of steps ``(mu, sign)``: ``(mu, +1)`` walks the link ``U_mu(x)`` from ``x`` to
+``x + mu``; ``(mu, -1)`` walks ``U_mu(x - mu)^dagger`` back to ``x - mu``. The matrix of a path
+based at ``x`` is the ordered product of its links (PHYSICS.md, "Loops"). The walker evaluates
+the path at every base site at once with ``torch.roll`` (ALGORITHMS.md, "Counting active links on
+loops"), for any :class:`~hpcflow.lattice.groups.Algebra`: SU(N) matrices, U(1) angles, or the
+indicator counts the masks use.
+
+Loop families (one representative per geometric loop and base site, every plane and orientation):
+
+=========== ============================== ============================
+name        path                           loops per site
+=========== ============================== ============================
+plaquette   ``+mu +nu -mu -nu``            ``Nd (Nd-1) / 2``
+rectangle   ``+mu +mu +nu -mu -mu -nu``    ``Nd (Nd-1)`` (long side mu)
+chair       ``+a +nu -a +b -nu -b``        ``4 Nd C(Nd-1, 2)``
+crown       ``+a +b +c -a -b -c``          ``4 C(Nd, 3)``
+=========== ============================== ============================
+
+Chairs are two plaquettes that share the link ``U_nu(x)`` and are bent by 90 degrees
+(``a = +-mu``, ``b = +-rho``); crowns are the four hexagons of each 3-cube (each avoids one pair
+of opposite corners). Talk: Boyda, Lattice 2021, "Frozen loops"; arXiv:2305.02402.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .groups import Algebra
+
+__all__ = [
+    "Loop",
+    "LOOP_SHAPES",
+    "loops_of_shape",
+    "link_offsets",
+    "path_product",
+    "closed_loop_trace",
+    "reroot",
+    "reverse",
+    "plaquette_path",
+]
+
+Step = tuple[int, int]
+Path = tuple[Step, ...]
+
+LOOP_SHAPES = ("plaquette", "rectangle", "chair", "crown")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A named loop family: ``path`` evaluated at every base site of the lattice."""
+
+    shape: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        steps = " ".join(f"{'+' if s > 0 else '-'}{mu}" for mu, s in self.path)
+        return f"{self.shape}[{steps}]"
+
+
+def plaquette_path(mu: int, nu: int) -> Path:
+    """``P_{mu nu}``: ``+mu +nu -mu -nu``."""
+    return ((mu, 1), (nu, 1), (mu, -1), (nu, -1))
+
+
+def _rectangle_path(mu: int, nu: int) -> Path:
+    return ((mu, 1), (mu, 1), (nu, 1), (mu, -1), (mu, -1), (nu, -1))
+
+
+def _chair_path(a: Step, nu: int, b: Step) -> Path:
+    (ma, sa), (mb, sb) = a, b
+    return ((ma, sa), (nu, 1), (ma, -sa), (mb, sb), (nu, -1), (mb, -sb))
+
+
+def _crown_path(a: Step, b: Step, c: Step) -> Path:
+    return (a, b, c, (a[0], -a[1]), (b[0], -b[1]), (c[0], -c[1]))
+
+
+def loops_of_shape(shape: str, nd: int) -> list[Loop]:
+    """Every loop of one family on an ``nd``-dimensional lattice, one per geometric loop
+    and base site (see the module table). Raises ``ValueError`` for an unknown shape."""
+    dirs = range(nd)
+    if shape == "plaquette":
+        paths = [plaquette_path(mu, nu) for mu, nu in itertools.combinations(dirs, 2)]
+    elif shape == "rectangle":
+        paths = [_rectangle_path(mu, nu) for mu, nu in itertools.permutations(dirs, 2)]
+    elif shape == "chair":
+        paths = [
+            _chair_path((mu, sm), nu, (rho, sr))
+            for nu in dirs
+            for mu, rho in itertools.combinations([d for d in dirs if d != nu], 2)
+            for sm in (1, -1)
+            for sr in (1, -1)
+        ]
+    elif shape == "crown":
+        paths = []
+        for mu, nu, rho in itertools.combinations(dirs, 3):
+            # The hexagon +a +b +c -a -b -c from x avoids the corners x+b and x+a+c; three
+            # choices of b cover three diagonals of the cube, the fourth (x, x+mu+nu+rho) is
+            # the hexagon based at x+mu, written with a negative step.
+            paths.append(_crown_path((nu, 1), (mu, 1), (rho, 1)))
+            paths.append(_crown_path((mu, 1), (nu, 1), (rho, 1)))
+            paths.append(_crown_path((mu, 1), (rho, 1), (nu, 1)))
+            paths.append(_crown_path((nu, 1), (mu, -1), (rho, 1)))
+    else:
+        raise ValueError(f"unknown loop shape {shape!r}; expected one of {LOOP_SHAPES}")
+    return [Loop(shape, p) for p in paths]
+
+
+def link_offsets(path: Path, nd: int) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+    """Walk a path from the origin: yield ``(mu, sign, y)`` for each step, where ``y`` is the
+    offset of the site at which the traversed link ``U_mu(x + y)`` is stored.
+
+    This is the single walker every loop computation in the project goes through.
+    """
+    y = [0] * nd
+    for mu, sign in path:
+        if sign > 0:
+            yield mu, 1, tuple(y)
+            y[mu] += 1
+        else:
+            y[mu] -= 1
+            yield mu, -1, tuple(y)
+
+
+def _shift(field: torch.Tensor, y: tuple[int, ...], lattice_dims: tuple[int, ...]):
+    """``f(x + y)`` for every ``x`` (PHYSICS.md: a shift is ``roll(f, -1)``)."""
+    pairs = [(-yi, d) for yi, d in zip(y, lattice_dims, strict=True) if yi != 0]
+    if not pairs:
+        return field
+    shifts, dims = zip(*pairs, strict=True)
+    return torch.roll(field, shifts=shifts, dims=dims)
+
+
+def path_product(links: torch.Tensor, path: Path, algebra: Algebra) -> torch.Tensor:
+    """Ordered product of a path's links at every base site.
+
+    links: ``[B, Nd, *L, *E]`` where ``E`` are the ``algebra.elem_dims`` element dimensions
+    (``[Nc, Nc]`` for matrices, none for angles or counts).
+    Returns ``W: [B, *L, *E]`` with ``W(x)`` the path matrix based at ``x``.
+    """
+    nd = links.shape[1]
+    lattice_dims = tuple(range(1, 1 + nd))  # after selecting one direction
+    out = None
+    for mu, sign, y in link_offsets(path, nd):
+        u = _shift(links[:, mu], y, lattice_dims)
+        if sign < 0:
+            u = algebra.dagger(u)
+        out = u if out is None else algebra.mul(out, u)
+    return out
+
+
+def closed_loop_trace(links: torch.Tensor, path: Path, group) -> torch.Tensor:
+    """``tr W(x)`` of a closed path at every base site: ``[B, Nd, *L, Nc, Nc] -> [B, *L]``."""
+    return group.trace(path_product(links, path, group))
+
+
+def reverse(path: Path) -> Path:
+    """The same loop walked backwards (its matrix is the dagger of the original)."""
+    return tuple((mu, -s) for mu, s in reversed(path))
+
+
+def reroot(path: Path, i: int, nd: int) -> tuple[Path, tuple[int, ...]]:
+    """Re-root a closed path so that its step ``i`` comes first, walked forwards.
+
+    Returns ``(new_path, base)``: ``new_path`` starts with ``(mu, +1)`` for the link of step
+    ``i`` and ``base`` is that link's site relative to the old base (so the open loop of the
+    link ``U_mu(x)`` is ``path_product(links, new_path)`` evaluated at ``x``). If step ``i`` is
+    a backward step, the loop is reversed first (PHYSICS.md: ``W = U S``).
+    """
+    offsets = list(link_offsets(path, nd))
+    mu, sign, base = offsets[i]
+    if sign > 0:
+        new = path[i:] + path[:i]
+    else:
+        rev = reverse(path)
+        j = len(path) - 1 - i
+        new = rev[j:] + rev[:j]
+    return new, base
