@@ -25,6 +25,8 @@ __all__ = [
     "Config",
     "LatticeConfig",
     "ActionConfig",
+    "MaskPattern",
+    "ModelConfig",
     "TrainConfig",
     "SampleConfig",
     "DistributedConfig",
@@ -84,6 +86,50 @@ class ActionConfig:
 
 
 @dataclass
+class MaskPattern:
+    """One generalized checkerboard (talk: "Algorithm for masking pattern").
+
+    A link ``(x, mu)`` is active iff ``mu in directions`` and
+    ``(sum_nu steps[nu] * x_nu + offset) mod width == 0``; the layers cycle the offset.
+    """
+
+    directions: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    width: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """``model``: the flow's layers, masks and loops. Empty values take defaults for the
+    lattice (see :func:`hpcflow.masks.default_patterns`)."""
+
+    layers: int = 0
+    """Number of coupling layers; 0: one full cycle of every pattern over its offsets."""
+    masks: list[MaskPattern] = field(default_factory=list)
+    """Patterns cycled over the layers: layer i uses pattern ``i % P`` with offset
+    ``(i // P) % width``."""
+    active_loops: list[str] = field(default_factory=lambda: ["plaquette"])
+    """Loop shapes whose open loops update the active links."""
+    features: list[str] = field(default_factory=list)
+    """Frozen loop shapes fed to the context network; empty: every shape the lattice has."""
+    multi_update: int = 1
+    """Sequential updates of each active link per layer, each through another active loop."""
+
+    def check(self, key: str) -> None:
+        _positive(self.layers, f"{key}.layers", allow_zero=True)
+        _positive(self.multi_update, f"{key}.multi_update")
+        for name in ("active_loops", "features"):
+            for i, shape in enumerate(getattr(self, name)):
+                if shape not in ("plaquette", "rectangle", "chair", "crown"):
+                    raise ConfigError(
+                        f"{key}.{name}[{i}]",
+                        f"expected plaquette, rectangle, chair or crown, got {shape!r}",
+                    )
+        for i, pat in enumerate(self.masks):
+            _positive(pat.width, f"{key}.masks[{i}].width")
+
+
+@dataclass
 class TrainConfig:
     """``train``: reverse-KL training."""
 
@@ -133,6 +179,7 @@ class Config:
 
     lattice: LatticeConfig = field(default_factory=LatticeConfig)
     action: ActionConfig = field(default_factory=ActionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
