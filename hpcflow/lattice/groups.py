@@ -104,6 +104,18 @@ class Group(Algebra):
     # ------------------------------------------------------------------ sampling, projection
     def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
         """Haar-distributed elements ``[*shape, Nc, Nc]`` (exact, see subclasses)."""
+        return self.from_noise(self.noise(shape, generator=generator, dtype=dtype, device=device))
+
+    def noise(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """The random numbers behind :meth:`random` (real tensor, group-specific layout).
+
+        Split from :meth:`from_noise` so that noise can come from many small per-sample
+        streams while the linear algebra runs once on the whole batch.
+        """
+        raise NotImplementedError
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Haar-distributed elements from :meth:`noise` output."""
         raise NotImplementedError
 
     def project(self, a: torch.Tensor) -> torch.Tensor:
@@ -154,11 +166,13 @@ class U1(Group):
     def trace(self, a):
         return a[..., 0, 0]
 
-    def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
-        """Uniform angles on ``[0, 2 pi)``: the normalized Haar measure of U(1)."""
-        real = _real_dtype(dtype)
-        theta = 2 * math.pi * torch.rand(*shape, generator=generator, dtype=real, device=device)
-        return self.from_angle(theta)
+    def noise(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """Uniform numbers on ``[0, 1)``, ``[*shape]``."""
+        return torch.rand(*shape, generator=generator, dtype=_real_dtype(dtype), device=device)
+
+    def from_noise(self, noise):
+        """Uniform angles ``2 pi u``: the normalized Haar measure of U(1)."""
+        return self.from_angle(2 * math.pi * noise)
 
     def project(self, a):
         return a / a.abs().clamp_min(torch.finfo(a.real.dtype).tiny)
@@ -186,14 +200,20 @@ class SUN(Group):
         self.nc = n
         self.name = f"SU{n}"
 
-    def random(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+    def noise(self, shape, *, generator=None, dtype=torch.complex128, device=None):
+        """Standard normal numbers ``[*shape, N, N, 2]`` (real and imaginary parts)."""
+        n = self.nc
+        real = _real_dtype(dtype)
+        return torch.randn(*shape, n, n, 2, generator=generator, dtype=real, device=device)
+
+    def from_noise(self, noise):
         """Exact Haar sampling (ALGORITHMS.md, "Haar sampling of SU(N)").
 
         QR of a complex Gaussian matrix, phases of ``diag(R)`` moved into ``Q`` (without this
         the result is not Haar), then division by one N-th root of ``det Q``.
         Returns ``[*shape, N, N]``.
         """
-        q = haar_unitary(self.nc, shape, generator=generator, dtype=dtype, device=device)
+        q = _haar_from_gaussian(noise)
         # QR returns column-major matrices; row-major keeps later batched products fast.
         return _divide_det_root(q).contiguous()
 
@@ -210,8 +230,13 @@ def haar_unitary(n: int, shape, *, generator=None, dtype=torch.complex128, devic
     QR of a complex Gaussian matrix with the phases of ``diag(R)`` moved into ``Q``.
     """
     real = _real_dtype(dtype)
-    z = torch.randn(*shape, n, n, 2, generator=generator, dtype=real, device=device)
-    z = torch.complex(z[..., 0], z[..., 1]) / math.sqrt(2.0)
+    noise = torch.randn(*shape, n, n, 2, generator=generator, dtype=real, device=device)
+    return _haar_from_gaussian(noise)
+
+
+def _haar_from_gaussian(noise: torch.Tensor) -> torch.Tensor:
+    """``[..., n, n, 2]`` standard normals -> Haar U(n) ``[..., n, n]`` (QR with phase fix)."""
+    z = torch.complex(noise[..., 0], noise[..., 1]) / math.sqrt(2.0)
     q, r = torch.linalg.qr(z)
     d = r.diagonal(dim1=-2, dim2=-1)
     return q * (d / d.abs()).unsqueeze(-2)
