@@ -1,0 +1,1 @@
+"""Analysis of sample files: estimators with statistical errors (``stats``)."""
