@@ -163,7 +163,7 @@ def cmd_check(args) -> int:
          exact.exact_topological_susceptibility(group.name, shape, beta)),
     ]
     for label, value in extra:
-        text = f"{value:.10f}" if value is not None else "no exact result (Nd > 2)"
+        text = f"{value:.10f}" if value is not None else "none known"
         print(f"  {label:<40} {text:>24}")
     return 0 if ok else 1
 
