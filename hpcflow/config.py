@@ -27,6 +27,7 @@ __all__ = [
     "ActionConfig",
     "MaskPattern",
     "ModelConfig",
+    "NetConfig",
     "TrainConfig",
     "SampleConfig",
     "DistributedConfig",
@@ -99,6 +100,29 @@ class MaskPattern:
 
 
 @dataclass
+class NetConfig:
+    """``model.net``: the context CNN of every coupling layer (periodic padding)."""
+
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    """Hidden channel counts, one convolution each."""
+    kernel_size: int = 3
+    """Odd kernel extent along every lattice axis."""
+    activation: Literal["tanh", "gelu", "relu", "silu", "leaky_relu"] = "tanh"
+    conv: Literal["full", "factorized", "tucker"] = "full"
+    """``full``: dense ConvNd (4D from 3D convolutions); ``factorized``: CP; ``tucker``."""
+    rank: int = 8
+    """Rank of factorized (CP/Tucker) convolutions."""
+
+    def check(self, key: str) -> None:
+        for i, h in enumerate(self.hidden):
+            _positive(h, f"{key}.hidden[{i}]")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"{key}.kernel_size", f"expected an odd positive integer, "
+                              f"got {self.kernel_size}")
+        _positive(self.rank, f"{key}.rank")
+
+
+@dataclass
 class ModelConfig:
     """``model``: the flow's layers, masks and loops. Empty values take defaults for the
     lattice (see :func:`hpcflow.masks.default_patterns`)."""
@@ -114,9 +138,18 @@ class ModelConfig:
     """Frozen loop shapes fed to the context network; empty: every shape the lattice has."""
     multi_update: int = 1
     """Sequential updates of each active link per layer, each through another active loop."""
+    transform: Literal["spline", "ncp"] = "spline"
+    """U(1) loop transform: circular rational-quadratic spline with bias, or NCP mixture."""
+    bins: int = 8
+    """Spline bins (or NCP mixture components)."""
+    net: NetConfig = field(default_factory=NetConfig)
+    dtype: Literal["float32", "float64"] = "float32"
+    """Precision of the flow's parameters and arithmetic."""
 
     def check(self, key: str) -> None:
         _positive(self.layers, f"{key}.layers", allow_zero=True)
+        _positive(self.bins, f"{key}.bins")
+        self.net.check(f"{key}.net")
         _positive(self.multi_update, f"{key}.multi_update")
         for name in ("active_loops", "features"):
             for i, shape in enumerate(getattr(self, name)):
@@ -139,11 +172,78 @@ class TrainConfig:
     """GLOBAL batch per step, summed over all ranks."""
     seed: int = 0
     """Master seed; results depend on it, not on the number of ranks."""
+    lr: float = 1e-3
+    """Initial learning rate."""
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    """Learning-rate policy (talk: "Scheduler policy": several decreasing stages)."""
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])
+    """multistep: fractions of ``steps`` at which the rate is multiplied by ``gamma``."""
+    gamma: float = 0.3
+    amsgrad: bool = True
+    """Adam with amsgrad (talk: long runs can go unstable with plain Adam)."""
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    micro_batch_size: int = 0
+    """Samples per forward/backward pass on a rank (gradient accumulation); 0: all at once."""
+    log_every: int = 10
+    """Steps between metrics.jsonl lines and progress updates."""
+    eval_every: int = 100
+    """Steps between evaluations on a larger batch (ESS, log Z, acceptance); 0 disables."""
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    walltime: str | float = ""
+    """Stop in time to checkpoint before this much wall time, ``HH:MM:SS`` or seconds."""
+    max_bad_steps: int = 10
+    """Consecutive non-finite steps tolerated (each is skipped) before the run stops."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bitwise reproducible runs and restarts."""
+    tensorboard: bool = False
+    plot: bool = True
+    """Write loss/ESS/acceptance plots (PNG) at the end of training."""
 
     def check(self, key: str) -> None:
         _positive(self.steps, f"{key}.steps", allow_zero=True)
         _positive(self.batch_size, f"{key}.batch_size")
         _positive(self.seed, f"{key}.seed", allow_zero=True)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"{key}.lr", f"expected a positive learning rate, got {self.lr}")
+        if sorted(self.milestones) != self.milestones or any(
+                not 0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"{key}.milestones", "expected increasing fractions of train.steps "
+                              f"between 0 and 1, got {self.milestones}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"{key}.gamma", f"expected a factor in (0, 1], got {self.gamma}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}", "expected a non-negative number")
+        for name in ("micro_batch_size", "eval_every", "max_bad_steps"):
+            _positive(getattr(self, name), f"{key}.{name}", allow_zero=True)
+        for name in ("log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        self.walltime_seconds(key)
+
+    def walltime_seconds(self, key: str = "train") -> float:
+        """``walltime`` in seconds (``inf`` when unset)."""
+        if isinstance(self.walltime, int | float):
+            if self.walltime <= 0:
+                raise ConfigError(f"{key}.walltime", f"expected a positive duration, "
+                                  f"got {self.walltime}")
+            return float(self.walltime)
+        text = self.walltime.strip()
+        if not text:
+            return math.inf
+        try:
+            parts = [float(p) for p in text.split(":")]
+        except ValueError:
+            parts = []
+        if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+            raise ConfigError(f"{key}.walltime", f"expected HH:MM:SS or seconds, got {text!r}")
+        seconds = 0.0
+        for p in parts:
+            seconds = 60 * seconds + p
+        return seconds
 
 
 @dataclass
