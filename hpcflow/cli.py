@@ -31,6 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices, MPI / Horovod / torch.distributed")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("train", help="train a flow; resumes from RUN_DIR's newest checkpoint")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", dest="run_dir", metavar="RUN_DIR",
+                   help="run directory (default: runs/<config name>)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile a few steps with torch.profiler instead of training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("masks", help="validate and describe the masking pattern of every layer")
+    _add_config_args(p)
+    p.add_argument("--plot", metavar="FILE", help="draw 2D slices of the layers to a PNG file")
+    p.set_defaults(func=cmd_masks)
+
     p = sub.add_parser(
         "check",
         help="physics smoke run: Haar sampling, gauge invariance, exact values for a config",
@@ -82,6 +95,54 @@ def cmd_info(args) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .dist import install_abort_hook, make_communicator
+    from .train.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    comm = make_communicator(cfg.distributed)
+    install_abort_hook(comm)
+    trainer = Trainer(cfg, run_dir, comm)
+    if args.profile:
+        from .train.profile import profile_training
+
+        profile_training(trainer, run_dir / "profile")
+        return 0
+    if comm.is_root:
+        n = sum(p.numel() for p in trainer.params)
+        print(f"hpcflow train: {cfg.lattice.group} {'x'.join(map(str, cfg.lattice.shape))} "
+              f"beta={cfg.action.beta}: {len(trainer.model.layers)} layers, {n} parameters, "
+              f"{comm.size} rank(s) ({comm.backend}), device {comm.device}, run dir {run_dir}",
+              flush=True)
+    result = trainer.run()
+    if comm.is_root:
+        last = result.last
+        if last:
+            msg = f"step {result.step}: loss {last['loss']:+.4f}, batch ESS {last['ess']:.4f}"
+            if last.get("eval_ess") is not None:
+                msg += (f", eval ESS {last['eval_ess']:.4f}, acceptance "
+                        f"{last['eval_acceptance']:.3f}, log Z {last['eval_log_z']:.4f}")
+            print(f"hpcflow train: {msg}", flush=True)
+    comm.close()
+    return 0
+
+
+def cmd_masks(args) -> int:
+    from .config import load_config
+    from .masks import run_masks_command
+
+    cfg = load_config(args.config, args.overrides)
+    text = run_masks_command(cfg, args.plot)
+    world = _world()
+    if world is None or world.Get_rank() == 0:
+        print(text)
     return 0
 
 

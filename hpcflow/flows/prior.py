@@ -45,11 +45,9 @@ def haar_prior(
     its own stream ``(seed, stream, step, indices[i])``, drawn on the CPU so that the numbers do
     not depend on the device or on how the batch is split."""
     nd = len(shape)
-    noise = [
-        group.noise((nd, *shape), dtype=dtype,
-                    generator=torch.Generator().manual_seed(sample_seed(seed, stream, int(i), step)))
-        for i in indices
-    ]
+    gens = [torch.Generator().manual_seed(sample_seed(seed, stream, int(i), step))
+            for i in indices]
+    noise = [group.noise((nd, *shape), dtype=dtype, generator=g) for g in gens]
     if not noise:
         return torch.empty(0, nd, *shape, group.nc, group.nc, dtype=dtype, device=device)
     # The noise is per sample; the linear algebra runs once for the batch, on the device.

@@ -1,0 +1,71 @@
+"""Training metrics: batch ESS, log Z, acceptance; the metrics.jsonl writer.
+
+``w = exp(-S - log q)``; ``ESS = (sum w)^2 / (n sum w^2)``; ``log Z ~ log mean w``
+(PHYSICS.md, "Training and sampling"), computed in log space.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+__all__ = ["ess", "log_mean_exp", "MetricsLog"]
+
+
+def log_mean_exp(x: torch.Tensor) -> float:
+    return (torch.logsumexp(x, 0) - math.log(x.numel())).item()
+
+
+def ess(log_weight: torch.Tensor) -> float:
+    """Normalized effective sample size of importance weights ``exp(log_weight)``: [n] -> float."""
+    lw = log_weight.double()
+    if not torch.isfinite(lw).all():
+        return float("nan")
+    return math.exp(2 * torch.logsumexp(lw, 0).item() - torch.logsumexp(2 * lw, 0).item()
+                    - math.log(lw.numel()))
+
+
+class MetricsLog:
+    """``RUN_DIR/metrics.jsonl``: one JSON object per logged step (rank 0 only).
+
+    On resume, lines of steps after the checkpoint are dropped first, so that the file of an
+    interrupted and resumed run reads as that of an uninterrupted one.
+    """
+
+    def __init__(self, path: str | Path, *, resume_step: int | None):
+        self.path = Path(path)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and _step_of(ln) is not None and _step_of(ln) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self._fh = open(self.path, "a")
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, allow_nan=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All complete records of a metrics.jsonl file."""
+    out = []
+    for ln in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out

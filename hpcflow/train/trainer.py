@@ -1,0 +1,311 @@
+"""The training loop: reverse-KL training of a gauge-equivariant flow, data-parallel over ranks.
+
+One step (PHYSICS.md, "Training and sampling"):
+
+1. every rank draws its share of the global batch of prior samples; sample ``i`` of step ``t``
+   comes from its own stream ``(train.seed, t, i)``, so the numbers do not depend on the rank count;
+2. push them through the flow: ``U = f(z)``, ``log q(U) = -log|det J|``;
+3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward;
+4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
+   an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
+   steps are skipped and counted.
+
+Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch, atomic
+checkpoints with automatic resume, signals and wall time, plots at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import build_action
+from ..errors import HpcflowError
+from ..flows.model import GaugeFlow, build_model
+from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
+from ..sample.metropolis import independence_metropolis
+from .checkpoint import (
+    check_compatible,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .metrics import MetricsLog, ess, log_mean_exp
+from .optim import build_optimizer, set_lr
+
+__all__ = ["Trainer", "TrainResult", "model_seed"]
+
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def model_seed(seed: int) -> int:
+    """Seed of the network initialization, derived from the master seed."""
+    return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+
+
+@dataclass
+class TrainResult:
+    step: int
+    reason: str  # "done", "signal SIGTERM", "walltime"
+    last: dict
+
+
+class Trainer:
+    """Reverse-KL training of ``build_model(cfg)`` in ``run_dir`` on the ranks of ``comm``."""
+
+    def __init__(self, cfg, run_dir: str | Path, comm, *, log=None):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.run_dir = Path(run_dir)
+        self.comm = comm
+        self.log = log or (lambda msg: print(msg, flush=True))
+        if self.tc.batch_size % comm.size:
+            raise HpcflowError(
+                f"config key 'train.batch_size': the global batch {self.tc.batch_size} does not "
+                f"split evenly over {comm.size} ranks; use a multiple of {comm.size}")
+        if self.tc.eval_every and self.tc.eval_batch_size % comm.size:
+            raise HpcflowError(
+                f"config key 'train.eval_batch_size': {self.tc.eval_batch_size} does not split "
+                f"evenly over {comm.size} ranks; use a multiple of {comm.size}")
+        if self.tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(model_seed(self.tc.seed))
+        self.model: GaugeFlow = build_model(cfg).to(comm.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, self.tc)
+        self.action = build_action(cfg)
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped = 0
+        self.elapsed_before = 0.0
+        self.max_step_time = 0.0
+        self.ckpt_time = 0.0
+        self._signal = 0
+        self._last: dict = {}
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self._resume()
+
+    # ------------------------------------------------------------------ set-up and resume
+    def _resume(self) -> None:
+        comm = self.comm
+        ckpt = None
+        if comm.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = load_latest_checkpoint(self.checkpoint_dir, warn=self.log)
+        # Every rank resumes from the checkpoint rank 0 chose (one read, one broadcast).
+        ckpt = comm.broadcast_object(ckpt if comm.is_root else None)
+        if ckpt is not None:
+            check_compatible(ckpt["config"], self.cfg.to_dict(), ckpt["path"])
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            state = ckpt["trainer"]
+            self.skipped = int(state["skipped"])
+            self.elapsed_before = float(state["elapsed"])
+            if comm.is_root:
+                self.log(f"hpcflow train: resuming from {ckpt['path']} at step {self.step}")
+        else:
+            comm.broadcast_model_(self.model)
+        if comm.is_root:
+            _write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
+                                      resume_step=self.step if ckpt is not None else None)
+
+    def _local_range(self, n: int) -> range:
+        share = n // self.comm.size
+        return range(self.comm.rank * share, (self.comm.rank + 1) * share)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict:
+        """Steps 1-4 of the module docstring for ``self.step``; returns its metrics."""
+        tc, model, comm = self.tc, self.model, self.comm
+        local = self._local_range(tc.batch_size)
+        micro = tc.micro_batch_size or len(local)
+        lr = set_lr(self.optimizer, self.step, tc)
+        self.optimizer.zero_grad(set_to_none=False)
+        log_w = []
+        for lo in range(local.start, local.stop, micro):
+            idx = range(lo, min(lo + micro, local.stop))
+            z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
+            u, logdet = model(z)
+            log_q, s = -logdet, self.action(u)
+            ((log_q + s).sum() / len(local)).backward()
+            log_w.append((-s - log_q).detach())
+        comm.allreduce_gradients_(self.params)
+        log_w = comm.allgather(torch.cat(log_w)).double()
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+        loss = -log_w.mean().item()
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.skipped += 1
+        self.step += 1
+        return {"step": self.step, "loss": loss, "ess": ess(log_w),
+                "log_z": log_mean_exp(log_w) if finite else None, "lr": lr,
+                "grad_norm": grad_norm, "skipped": self.skipped}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """ESS, log Z and independence-Metropolis acceptance on ``eval_batch_size`` fresh
+        samples (stream ``(seed, eval, step)``), spread over the ranks."""
+        tc, model = self.tc, self.model
+        local = self._local_range(tc.eval_batch_size)
+        micro = tc.micro_batch_size or len(local)
+        log_w = []
+        for lo in range(local.start, local.stop, micro):
+            idx = range(lo, min(lo + micro, local.stop))
+            u, logdet = model(model.prior(idx, seed=tc.seed, stream=STREAM_EVAL, step=self.step))
+            log_w.append(-self.action(u) + logdet)
+        lw = self.comm.allgather(torch.cat(log_w)).double()
+        uniforms = np.random.default_rng([tc.seed, STREAM_EVAL, self.step]).random(len(lw))
+        _, accepted, _, _ = independence_metropolis(lw.cpu().numpy(), uniforms)
+        return {"eval_ess": ess(lw), "eval_log_z": log_mean_exp(lw),
+                "eval_acceptance": float(accepted[1:].mean()) if len(lw) > 1 else None,
+                "eval_loss": -lw.mean().item()}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or only to step ``until``), checkpoint, plot."""
+        tc, comm = self.tc, self.comm
+        last_step = tc.steps if until is None else min(until, tc.steps)
+        t_start = time.perf_counter()
+        walltime = tc.walltime_seconds()
+        previous = self._install_signal_handlers()
+        progress = _Progress(comm.is_root, self.step, tc.steps, self.log)
+        reason = "done"
+        try:
+            while self.step < last_step:
+                t0 = time.perf_counter()
+                rec = self.train_step()
+                if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
+                    rec.update(self.evaluate())
+                dt = time.perf_counter() - t0
+                self.max_step_time = max(self.max_step_time, dt)
+                now = time.perf_counter() - t_start
+                rec.update(time=self.elapsed_before + now, step_time=dt,
+                           samples_per_s=tc.batch_size / dt)
+                self._last = rec
+                if self.bad_steps > tc.max_bad_steps:
+                    path = self.checkpoint()
+                    raise HpcflowError(
+                        f"training diverged: {self.bad_steps} consecutive steps with a "
+                        f"non-finite loss or gradient (train.max_bad_steps = "
+                        f"{tc.max_bad_steps}); the last good state is in {path}; lower train.lr "
+                        f"or set train.grad_clip")
+                if comm.is_root and (self.step % tc.log_every == 0 or self.step == tc.steps
+                                     or "eval_ess" in rec):
+                    self.metrics.write(rec)
+                progress.update(rec)
+                margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
+                stop = comm.allreduce_max(float(max(self._signal, 0)))
+                over = now + margin > walltime
+                if stop or over:
+                    reason = (f"signal {signal.Signals(int(stop)).name}" if stop
+                              else "walltime")
+                    break
+                if self.step % tc.checkpoint_every == 0 and self.step < last_step:
+                    self.checkpoint()
+            self.checkpoint()
+        finally:
+            progress.close()
+            self._restore_signal_handlers(previous)
+            if comm.is_root:
+                self.metrics.close()
+        if comm.is_root:
+            if reason != "done":
+                self.log(f"hpcflow train: stopped at step {self.step} ({reason}); run the same "
+                         f"command again to resume")
+            if tc.plot:
+                from .plots import plot_training
+
+                plot_training(self.run_dir)
+        return TrainResult(step=self.step, reason=reason, last=self._last)
+
+    def checkpoint(self) -> Path | None:
+        """Rank 0 writes the full training state; all ranks wait for it."""
+        path = None
+        if self.comm.is_root:
+            t0 = time.perf_counter()
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "config": self.cfg.to_dict(),
+                "trainer": {"skipped": self.skipped,
+                            "elapsed": self._last.get("time", self.elapsed_before)},
+            }
+            path = save_checkpoint(self.checkpoint_dir, self.step, payload)
+            prune_checkpoints(self.checkpoint_dir, self.tc.keep_checkpoints)
+            self.ckpt_time = max(self.ckpt_time, time.perf_counter() - t0)
+        self.comm.barrier()
+        return path
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        previous = {}
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        for name in _STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    previous[sig] = signal.signal(sig, handler)
+                except ValueError:  # not the main thread
+                    pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+class _Progress:
+    """A progress bar with the current ESS on an interactive terminal (rank 0), plain log
+    lines every 5% of the run otherwise."""
+
+    def __init__(self, active: bool, start: int, total: int, log):
+        self.active, self.total, self.log = active, total, log
+        self.bar = None
+        self.every = max(1, total // 20)
+        if active and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step",
+                            dynamic_ncols=True)
+
+    def update(self, rec: dict) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", ess=f"{rec['ess']:.3f}")
+        elif rec["step"] % self.every == 0 or rec["step"] == self.total or "eval_ess" in rec:
+            extra = ""
+            if "eval_ess" in rec:
+                extra = (f" eval_ess {rec['eval_ess']:.4f} acc {rec['eval_acceptance']:.3f}"
+                         if rec.get("eval_acceptance") is not None else "")
+            self.log(f"step {rec['step']:>7}/{self.total} loss {rec['loss']:+.4f} "
+                     f"ess {rec['ess']:.4f} lr {rec['lr']:.2e} {rec['time']:8.1f}s{extra}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

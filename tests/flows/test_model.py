@@ -1,0 +1,122 @@
+"""The U(1) flow: invertibility, log-determinants against autograd, gauge invariance,
+normalization, and that every link moves."""
+
+import math
+
+import pytest
+import torch
+
+from hpcflow import load_config
+from hpcflow.flows.model import build_model
+from hpcflow.lattice.groups import gauge_transform, random_gauge
+
+CONFIGS = {
+    2: ["lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0"],
+    3: ["lattice.shape=[4, 4, 4]", "lattice.group=U1", "action.beta=1.0"],
+    4: ["lattice.shape=[4, 4, 4, 4]", "lattice.group=U1", "action.beta=0.7",
+        "model.net.hidden=[8]", "model.net.conv=factorized", "model.net.rank=4"],
+}
+
+
+def make_flow(nd, *extra, scale=0.02, seed=0):
+    """A float64 flow whose networks are randomized (a new flow is the identity map)."""
+    cfg = load_config(None, CONFIGS[nd] + ["model.dtype=float64", *extra])
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return cfg, model
+
+
+def _angles_fn(model):
+    def f(theta):
+        x = theta
+        for layer in model.layers:
+            x, _ = layer(x)
+        return x
+    return f
+
+
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_round_trip(nd):
+    """inverse(forward(z)) == z and the log-determinants cancel."""
+    _, model = make_flow(nd)
+    z = model.prior(range(3), seed=1, stream=1)
+    u, logdet = model(z)
+    z2, logdet_inv = model.inverse(u)
+    assert (u - z).abs().max() > 1e-3  # the flow is not the identity
+    assert torch.allclose(z2, z, atol=1e-10)
+    assert torch.allclose(logdet + logdet_inv, torch.zeros_like(logdet), atol=1e-9)
+
+
+@pytest.mark.parametrize("nd, extra", [(2, ()), (2, ("model.multi_update=2",)), (3, ())])
+def test_logdet_equals_autograd_jacobian(nd, extra):
+    """log|det J| of the whole flow equals slogdet of the autograd Jacobian in angle
+    coordinates (every link angle of the lattice as one vector)."""
+    _, model = make_flow(nd, *extra, scale=0.05)
+    z = model.prior(range(1), seed=2, stream=1)
+    theta = model.link_transform.to_internal(z)
+    _, logdet = model(z)
+    f = _angles_fn(model)
+    jac = torch.autograd.functional.jacobian(f, theta, vectorize=True)
+    n = theta.numel()
+    sign, logabs = torch.linalg.slogdet(jac.reshape(n, n))
+    assert sign.item() == 1.0
+    assert logabs.item() == pytest.approx(logdet.item(), abs=1e-9)
+    assert abs(logdet.item()) > 1e-2  # a non-trivial Jacobian
+
+
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_log_prob_gauge_invariant_and_equals_sample_log_q(nd):
+    _, model = make_flow(nd)
+    u, log_q = model.sample(3, seed=3)
+    assert torch.allclose(model.log_prob(u), log_q, atol=1e-9)
+    g = torch.Generator().manual_seed(nd)
+    omega = random_gauge(model.group, 3, model.shape, generator=g)
+    u2 = gauge_transform(u, omega, model.group)
+    assert torch.allclose(model.log_prob(u2), log_q, atol=1e-8)
+    assert log_q.abs().max() > 1e-3
+
+
+def test_new_flow_is_identity():
+    cfg = load_config(None, CONFIGS[2] + ["model.dtype=float64"])
+    model = build_model(cfg)
+    z = model.prior(range(2), seed=0, stream=1)
+    u, logdet = model(z)
+    assert torch.allclose(u, z, atol=1e-12) and logdet.abs().max() < 1e-12
+
+
+def test_normalization_of_untrained_flow():
+    """E_q[1/q] = integral of the Haar measure = 1: mean of exp(-log q) within its error."""
+    _, model = make_flow(2, scale=0.05, seed=4)
+    _, log_q = model.sample(4000, seed=5, batch_size=1000)
+    w = torch.exp(-log_q)
+    mean, err = w.mean().item(), w.std().item() / math.sqrt(len(w))
+    assert log_q.std() > 0.05  # the check is not trivial
+    assert abs(mean - 1.0) < 4 * err
+
+
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_every_link_is_changed(nd):
+    """Numerically, every link of the lattice moves under the flow (none frozen forever)."""
+    _, model = make_flow(nd)
+    z = model.prior(range(2), seed=6, stream=1)
+    u, _ = model(z)
+    moved = (u - z).abs().amax(dim=(-1, -2))  # [B, Nd, *L]
+    assert moved.min() > 1e-8
+
+
+def test_sampling_in_batches_matches_one_batch():
+    _, model = make_flow(2)
+    u1, lq1 = model.sample(10, seed=7)
+    u2, lq2 = model.sample(10, seed=7, batch_size=3)
+    assert torch.allclose(u1, u2, atol=1e-13) and torch.allclose(lq1, lq2, atol=1e-12)
+    assert not u1.requires_grad
+
+
+def test_float32_flow_runs():
+    cfg = load_config(None, CONFIGS[2])
+    model = build_model(cfg)
+    u, log_q = model.sample(4, seed=0)
+    assert u.dtype == torch.complex64 and log_q.dtype == torch.float32

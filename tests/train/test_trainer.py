@@ -1,0 +1,204 @@
+"""Training: reproducibility, checkpoint/restart (also after kill -9), refusals, bad steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcflow import HpcflowError, load_config, load_model
+from hpcflow.dist import NoneComm
+from hpcflow.train.checkpoint import list_checkpoints
+from hpcflow.train.metrics import read_metrics
+from hpcflow.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0",
+    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
+    "train.batch_size=8", "train.steps=12", "train.log_every=1", "train.eval_every=4",
+    "train.eval_batch_size=16", "train.checkpoint_every=3", "train.deterministic=true",
+    "train.plot=false", "train.lr=0.01",
+]
+
+
+def train(run_dir, *extra, until=None):
+    cfg = load_config(None, TINY + list(extra))
+    trainer = Trainer(cfg, run_dir, NoneComm(), log=lambda m: None)
+    return trainer, trainer.run(until=until)
+
+
+def final_params(run_dir):
+    return load_model(run_dir).state_dict()
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metrics_without_time(run_dir):
+    keep = ("step", "loss", "ess", "lr", "grad_norm", "eval_ess", "eval_acceptance")
+    return [{k: r.get(k) for k in keep} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path):
+    _, r1 = train(tmp_path / "a")
+    _, r2 = train(tmp_path / "b")
+    _, r3 = train(tmp_path / "c", "train.seed=1")
+    m1, m2, m3 = (metrics_without_time(tmp_path / d) for d in "abc")
+    assert len(m1) == 12 and m1 == m2
+    assert [r["loss"] for r in m1] != [r["loss"] for r in m3]
+    assert r1.step == 12 and r1.reason == "done"
+    # the loss goes down: training does something
+    assert m1[-1]["loss"] < m1[0]["loss"]
+    rec = read_metrics(tmp_path / "a" / "metrics.jsonl")[0]
+    for key in ("step", "loss", "ess", "lr", "time"):
+        assert key in rec
+
+
+def test_resume_continues_to_identical_parameters(tmp_path):
+    train(tmp_path / "full")
+    train(tmp_path / "part", until=7)  # stops at 7 (checkpoint at the end)
+    assert [s for s, _ in list_checkpoints(tmp_path / "part" / "checkpoints")][-1] == 7
+    _, res = train(tmp_path / "part")           # same command, more steps: resumes
+    assert res.step == 12
+    assert same_state(final_params(tmp_path / "full"), final_params(tmp_path / "part"))
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "part")
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path):
+    train(tmp_path / "full")
+    run = tmp_path / "r"
+    train(run, until=9)
+    ckpts = list_checkpoints(run / "checkpoints")
+    newest = ckpts[-1][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
+    warnings = []
+    cfg = load_config(None, TINY)
+    trainer = Trainer(cfg, run, NoneComm(), log=warnings.append)
+    assert trainer.step == ckpts[-2][0]
+    assert any("skipping unreadable checkpoint" in w for w in warnings)
+    trainer.run()
+    assert same_state(final_params(tmp_path / "full"), final_params(run))
+
+
+def test_incompatible_config_is_refused(tmp_path):
+    train(tmp_path / "r", "train.steps=3")
+    with pytest.raises(HpcflowError, match="model.layers"):
+        train(tmp_path / "r", "model.layers=16")
+    with pytest.raises(HpcflowError, match="lattice.shape"):
+        train(tmp_path / "r", "lattice.shape=[8, 8]")
+    train(tmp_path / "r", "train.steps=5", "train.lr=0.001")  # training keys may change
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    cfg = load_config(None, TINY + ["train.max_bad_steps=2"])
+    trainer = Trainer(cfg, tmp_path / "r", NoneComm(), log=lambda m: None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_action = trainer.action
+    trainer.action = lambda u: real_action(u) * float("nan")
+    with pytest.raises(HpcflowError, match="non-finite"):
+        trainer.run()
+    assert trainer.skipped == 3
+    # the state saved is the last good one (no NaN got into the parameters)
+    saved = load_model(tmp_path / "r").state_dict()
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+
+
+def test_batch_must_split_over_ranks(tmp_path):
+    comm = NoneComm()
+    comm.size = 2  # only the arithmetic of the split is checked here
+    cfg = load_config(None, TINY + ["train.batch_size=7"])
+    with pytest.raises(HpcflowError, match="train.batch_size"):
+        Trainer(cfg, tmp_path, comm, log=lambda m: None)
+
+
+# ------------------------------------------------------------------------- kill -9 and resume
+def _cli(run_dir, *extra, env=None):
+    args = [sys.executable, "-m", "hpcflow", "train", "-", "-o", str(run_dir)]
+    for item in TINY + ["train.steps=24", "train.eval_every=0"] + list(extra):
+        args += ["--set", item]
+    return args
+
+
+def _run_config_file(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    return path
+
+
+def test_kill_minus_nine_then_resume_gives_identical_parameters(tmp_path):
+    """Kill -9 at three different moments (one while a checkpoint is being written), resume
+    each time with the same command; the final parameters equal an uninterrupted run's."""
+    cfg_file = _run_config_file(tmp_path)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+
+    def command(run_dir):
+        return [a if a != "-" else str(cfg_file) for a in _cli(run_dir)]
+
+    ref = tmp_path / "ref"
+    subprocess.run(command(ref), check=True, capture_output=True, env=base_env, timeout=300)
+
+    run = tmp_path / "killed"
+    env = {**base_env, "HPCFLOW_CHECKPOINT_DELAY": "0.5"}
+    kills = 0
+    # 1) during a checkpoint write: wait for a temporary checkpoint file, then kill -9
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((run / "checkpoints").glob(".step-*.tmp-*")):
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert kills == 1, "never saw a checkpoint being written"
+    assert list((run / "checkpoints").glob(".step-*.tmp-*"))  # a half-written file was left
+    # 2), 3) at two other moments: after the 2nd and the 5th metrics line
+    for lines in (2 + 3 * kills, 5 + 3 * kills):
+        proc = subprocess.Popen(command(run), env=base_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            path = run / "metrics.jsonl"
+            if path.exists() and len(path.read_text().splitlines()) >= lines:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    assert kills == 3
+    res = subprocess.run(command(run), env=base_env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stdout + res.stderr
+    assert same_state(final_params(ref), final_params(run))
+    assert metrics_without_time(ref) == metrics_without_time(run)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated or lost lines
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    cfg_file = _run_config_file(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    run = tmp_path / "r"
+    cmd = [a if a != "-" else str(cfg_file) for a in _cli(run, "train.steps=100000")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        path = run / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped at step" in out and "SIGTERM" in out
+    step = list_checkpoints(run / "checkpoints")[-1][0]
+    assert step >= 3 and load_model(run).checkpoint_step == step
