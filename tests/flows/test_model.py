@@ -50,11 +50,14 @@ def test_round_trip(nd):
     assert torch.allclose(logdet + logdet_inv, torch.zeros_like(logdet), atol=1e-9)
 
 
-@pytest.mark.parametrize("nd, extra", [(2, ()), (2, ("model.multi_update=2",)), (3, ())])
-def test_logdet_equals_autograd_jacobian(nd, extra):
+@pytest.mark.parametrize("nd, extra, scale", [(2, (), 0.05), (2, ("model.multi_update=2",), 0.05),
+                                              (3, (), 0.02)])
+def test_logdet_equals_autograd_jacobian(nd, extra, scale):
     """log|det J| of the whole flow equals slogdet of the autograd Jacobian in angle
-    coordinates (every link angle of the lattice as one vector)."""
-    _, model = make_flow(nd, *extra, scale=0.05)
+    coordinates (every link angle of the lattice as one vector). The random networks are kept
+    mild: a 12-layer 3D flow with scale 0.05 composes to a Jacobian of condition number ~1e18,
+    where no slogdet is meaningful (each layer alone still matches)."""
+    _, model = make_flow(nd, *extra, scale=scale)
     z = model.prior(range(1), seed=2, stream=1)
     theta = model.link_transform.to_internal(z)
     _, logdet = model(z)
