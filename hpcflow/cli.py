@@ -15,7 +15,7 @@ import sys
 import time
 
 from ._version import __version__
-from .errors import HpcflowError
+from .errors import HpcflowError, InputFileError
 
 __all__ = ["main", "build_parser"]
 
@@ -38,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="profile a few steps with torch.profiler instead of training")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw proposals from a trained flow, independence "
+                                      "Metropolis, HDF5 shards")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints")
+    p.add_argument("--n", type=int, help="proposals in all (default: sample.n_samples)")
+    p.add_argument("--batch-size", type=int, help="proposals per batch on each rank")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    p.add_argument("--complex64", action="store_true", help="store links in complex64")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("analyze", help="observables with errors, acceptance, ESS, log Z")
+    p.add_argument("path", metavar="SAMPLES.h5", help="samples.h5, a shard, or a folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("masks", help="validate and describe the masking pattern of every layer")
     _add_config_args(p)
@@ -131,6 +145,47 @@ def cmd_train(args) -> int:
                         f"{last['eval_acceptance']:.3f}, log Z {last['eval_log_z']:.4f}")
             print(f"hpcflow train: {msg}", flush=True)
     comm.close()
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from pathlib import Path
+
+    from . import load_model
+    from .dist import install_abort_hook, make_communicator
+    from .sample.sampler import run_sampling
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise InputFileError(run_dir, "no such run directory")
+    model = load_model(run_dir)
+    cfg = model.config
+    comm = make_communicator(cfg.distributed)
+    install_abort_hook(comm)
+    model = model.to(comm.device)
+    n = args.n if args.n is not None else cfg.sample.n_samples
+    batch = args.batch_size if args.batch_size is not None else cfg.sample.batch_size
+    if n < 1 or batch < 1:
+        raise HpcflowError(f"--n and --batch-size must be positive, got {n} and {batch}")
+    out = Path(args.out) if args.out else run_dir / "samples"
+    res = run_sampling(model, cfg, out, comm, n_total=n, batch_size=batch,
+                       links_dtype="complex64" if args.complex64 else "complex128")
+    total = comm.allreduce_sum(float(res["accepted"]))
+    if comm.is_root:
+        print(f"hpcflow sample: {n} proposals from step {model.checkpoint_step} on {comm.size} "
+              f"rank(s) in {res['seconds']:.1f} s, acceptance {total / max(n, 1):.3f}; "
+              f"{out / 'samples.h5'}")
+    comm.close()
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    import json
+
+    from .analysis.report import analyze_file, format_report
+
+    result = analyze_file(args.path)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 
