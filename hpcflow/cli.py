@@ -8,6 +8,7 @@ aborts every rank instead of leaving the others hanging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -85,10 +86,12 @@ def cmd_info(args) -> int:
     import numpy
     import torch
 
-    world = _world()
-    rank, size = (world.Get_rank(), world.Get_size()) if world else (0, 1)
-    if rank != 0:
+    from .dist import available_backends, launch_info
+
+    info = launch_info()
+    if info.rank != 0:
         return 0
+    backends = ", ".join(f"{k}: {v}" for k, v in available_backends().items())
     rows = [
         ("hpcflow", __version__),
         ("python", platform.python_version()),
@@ -99,7 +102,8 @@ def cmd_info(args) -> int:
         ("scipy", _version_of("scipy")),
         ("mpi4py", _version_of("mpi4py")),
         ("MPI library", _mpi_library()),
-        ("MPI ranks", str(size)),
+        ("launcher", f"{info.launcher or 'none'}, rank {info.rank} of {info.size}"),
+        ("hpcflow backends", backends),
         ("horovod", _horovod_status()),
         ("torch.distributed", _torch_distributed_status()),
         ("CPU threads (torch)", f"{torch.get_num_threads()} of {os.cpu_count()} cores"),
@@ -116,15 +120,18 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from .config import load_config
-    from .dist import install_abort_hook, make_communicator
-    from .train.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-    comm = make_communicator(cfg.distributed)
-    install_abort_hook(comm)
+    with _communicator(cfg, "train") as comm:
+        return _train(cfg, run_dir, comm, args.profile)
+
+
+def _train(cfg, run_dir, comm, profile: bool) -> int:
+    from .train.trainer import Trainer
+
     trainer = Trainer(cfg, run_dir, comm)
-    if args.profile:
+    if profile:
         from .train.profile import profile_training
 
         profile_training(trainer, run_dir / "profile")
@@ -144,7 +151,6 @@ def cmd_train(args) -> int:
                 msg += (f", eval ESS {last['eval_ess']:.4f}, acceptance "
                         f"{last['eval_acceptance']:.3f}, log Z {last['eval_log_z']:.4f}")
             print(f"hpcflow train: {msg}", flush=True)
-    comm.close()
     return 0
 
 
@@ -152,16 +158,21 @@ def cmd_sample(args) -> int:
     from pathlib import Path
 
     from . import load_model
-    from .dist import install_abort_hook, make_communicator
-    from .sample.sampler import run_sampling
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise InputFileError(run_dir, "no such run directory")
     model = load_model(run_dir)
+    with _communicator(model.config, "sample") as comm:
+        return _sample(model, args, run_dir, comm)
+
+
+def _sample(model, args, run_dir, comm) -> int:
+    from pathlib import Path
+
+    from .sample.sampler import run_sampling
+
     cfg = model.config
-    comm = make_communicator(cfg.distributed)
-    install_abort_hook(comm)
     model = model.to(comm.device)
     n = args.n if args.n is not None else cfg.sample.n_samples
     batch = args.batch_size if args.batch_size is not None else cfg.sample.batch_size
@@ -175,7 +186,6 @@ def cmd_sample(args) -> int:
         print(f"hpcflow sample: {n} proposals from step {model.checkpoint_step} on {comm.size} "
               f"rank(s) in {res['seconds']:.1f} s, acceptance {total / max(n, 1):.3f}; "
               f"{out / 'samples.h5'}")
-    comm.close()
     return 0
 
 
@@ -195,28 +205,34 @@ def cmd_masks(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     text = run_masks_command(cfg, args.plot)
-    world = _world()
-    if world is None or world.Get_rank() == 0:
+    from .dist import launch_info
+
+    if launch_info().rank == 0:
         print(text)
     return 0
 
 
 def cmd_check(args) -> int:
     """Physics smoke run: everything the lattice core promises, on the config's lattice."""
-    import numpy as np
-    import torch
-
-    from . import build_action
     from .config import load_config
-    from .lattice import exact
-    from .lattice.groups import gauge_transform, get_group, random_gauge
-    from .lattice.observables import average_plaquette
 
     cfg = load_config(args.config, args.overrides)
     if args.n < 1:
         raise HpcflowError(f"--n must be a positive integer, got {args.n}")
-    world = _world()
-    rank, size = (world.Get_rank(), world.Get_size()) if world else (0, 1)
+    with _communicator(cfg, "check") as comm:
+        return _check(cfg, args.n, comm)
+
+
+def _check(cfg, n_total: int, comm) -> int:
+    import numpy as np
+    import torch
+
+    from . import build_action
+    from .lattice import exact
+    from .lattice.groups import gauge_transform, get_group, random_gauge
+    from .lattice.observables import average_plaquette
+
+    rank, size = comm.rank, comm.size
     group = get_group(cfg.lattice.group)
     shape = tuple(cfg.lattice.shape)
     nd = len(shape)
@@ -225,7 +241,7 @@ def cmd_check(args) -> int:
     # Each rank draws its share from its own stream of one master seed.
     seed = np.random.SeedSequence(cfg.train.seed).spawn(size)[rank].generate_state(1)[0]
     gen = torch.Generator().manual_seed(int(seed))
-    n_local = args.n // size + (1 if rank < args.n % size else 0)
+    n_local = n_total // size + (1 if rank < n_total % size else 0)
     t0 = time.perf_counter()
     plaq_sum, plaq_sq, unitarity, gauge_dev = 0.0, 0.0, 0.0, 0.0
     for start in range(0, n_local, 64):
@@ -240,14 +256,9 @@ def cmd_check(args) -> int:
         p = average_plaquette(links, group)
         plaq_sum += p.sum().item()
         plaq_sq += (p**2).sum().item()
-    stats = np.array([plaq_sum, plaq_sq, n_local, unitarity, gauge_dev], dtype=np.float64)
-    if world is not None:
-        from mpi4py import MPI
-
-        total = np.empty_like(stats)
-        world.Allreduce(stats[:3].copy(), total[:3], op=MPI.SUM)
-        world.Allreduce(stats[3:].copy(), total[3:], op=MPI.MAX)
-        stats = total
+    stats = np.concatenate([
+        comm.allreduce_sum(np.array([plaq_sum, plaq_sq, n_local], dtype=np.float64)),
+        comm.allreduce_max(np.array([unitarity, gauge_dev], dtype=np.float64))])
     elapsed = time.perf_counter() - t0
     if rank != 0:
         return 0
@@ -285,21 +296,22 @@ def cmd_check(args) -> int:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _world():
-    """MPI_COMM_WORLD when this process was started by an MPI launcher with several ranks."""
-    launched = any(
-        v in os.environ
-        for v in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PALS_RANKID", "SLURM_PROCID",
-                  "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
-    )
-    if not launched:
-        return None
+@contextlib.contextmanager
+def _communicator(cfg, command: str):
+    """The run's communicator; an input error met after the ranks started talking ends every
+    rank (a plain return on one rank would leave the others waiting in a collective)."""
+    from .dist import abort_all, install_abort_hook, make_communicator
+
+    comm = make_communicator(cfg.distributed)
+    install_abort_hook(comm)
     try:
-        from mpi4py import MPI
-    except ImportError:
-        return None
-    comm = MPI.COMM_WORLD
-    return comm if comm.Get_size() > 1 else None
+        yield comm
+    except HpcflowError as exc:
+        if comm.size > 1:
+            abort_all(comm, f"hpcflow {command}: error: {exc}", exc.exit_code)
+        raise
+    finally:
+        comm.close()
 
 
 def _version_of(module: str) -> str:
@@ -366,29 +378,20 @@ def _xpu_status() -> str:
     return f"{xpu.device_count()} device(s)"
 
 
-def _abort_on_exception(world) -> None:
-    """Under MPI, an uncaught exception on any rank aborts the whole job (no hang)."""
-    previous = sys.excepthook
+def _launch_rank() -> int:
+    from .dist import launch_info
 
-    def hook(exc_type, exc, tb):
-        previous(exc_type, exc, tb)
-        sys.stderr.flush()
-        world.Abort(1)
-
-    sys.excepthook = hook
+    return launch_info().rank
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    world = _world()
-    if world is not None:
-        _abort_on_exception(world)
     try:
         return int(args.func(args) or 0)
     except HpcflowError as exc:
-        # Input errors are found identically on every rank: say it once.
-        if world is None or world.Get_rank() == 0:
+        # Before the ranks talk, input errors are found identically on every rank: say it once.
+        if _launch_rank() == 0:
             print(f"hpcflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -1,0 +1,135 @@
+"""ConvNd: periodic "same" convolutions for any Nd; 4D (and 5D) from one folded lower-D conv."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcflow.nn.conv import ConvNd, circular_pad, periodic_conv
+from tests.nn.reference import roll_conv
+
+F64 = torch.float64
+
+
+def random_layer(nd, c_in, c_out, k, **kwargs):
+    """A layer with a random, non-constant float64 kernel and bias."""
+    layer = ConvNd(nd, c_in, c_out, k, dtype=F64, **kwargs)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn_like(layer.weight))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn_like(layer.bias))
+    return layer
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, (3, 1, 5, 3)])
+@pytest.mark.parametrize("c_in, c_out", [(1, 1), (3, 2), (2, 5)])
+def test_4d_equals_roll_reference(k, c_in, c_out):
+    """4D folded conv == sum over all kernel offsets of rolled inputs, to 1e-12 (unequal L)."""
+    torch.manual_seed(0)
+    layer = random_layer(4, c_in, c_out, k)
+    x = torch.randn(2, c_in, 6, 5, 4, 7, dtype=F64)
+    ref = roll_conv(x, layer.weight, layer.bias)
+    assert torch.allclose(layer(x), ref, rtol=0, atol=1e-12)
+
+
+def test_5d_equals_roll_reference():
+    """The folding recurses: 5D = one 4D conv = one 3D conv, still exact."""
+    torch.manual_seed(1)
+    layer = random_layer(5, 2, 3, 3)
+    x = torch.randn(1, 2, 3, 4, 3, 2, 3, dtype=F64)
+    assert torch.allclose(layer(x), roll_conv(x, layer.weight, layer.bias), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_folded_3d_equals_torch_conv3d_circular(k):
+    """The same construction one dimension lower (2D conv + shifts) == nn.Conv3d(circular)."""
+    torch.manual_seed(2)
+    layer = random_layer(3, 3, 4, k, fold=True)
+    ref = nn.Conv3d(3, 4, k, padding=k // 2, padding_mode="circular", dtype=F64)
+    with torch.no_grad():
+        ref.weight.copy_(layer.weight)
+        ref.bias.copy_(layer.bias)
+    x = torch.randn(2, 3, 6, 5, 7, dtype=F64)
+    assert torch.allclose(layer(x), ref(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd, torch_conv", [(2, nn.Conv2d), (3, nn.Conv3d)])
+@pytest.mark.parametrize("fold", [False, True])
+def test_native_and_folded_equal_torch_circular(nd, torch_conv, fold):
+    """ConvNd(Nd=2, 3) == torch.nn.ConvNd(padding_mode='circular'), natively and folded."""
+    torch.manual_seed(3)
+    layer = random_layer(nd, 2, 3, 3, fold=fold)
+    ref = torch_conv(2, 3, 3, padding=1, padding_mode="circular", dtype=F64)
+    with torch.no_grad():
+        ref.weight.copy_(layer.weight)
+        ref.bias.copy_(layer.bias)
+    x = torch.randn(2, 2, *(5, 4, 3)[:nd], dtype=F64)
+    assert torch.allclose(layer(x), ref(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_translation_equivariance(nd):
+    """conv(roll(x)) == roll(conv(x)) for any lattice translation (periodic boundaries)."""
+    torch.manual_seed(4)
+    layer = random_layer(nd, 2, 3, 3)
+    x = torch.randn(2, 2, *(5, 4, 3, 6)[:nd], dtype=F64)
+    shifts, dims = (2, -1, 1, 4)[:nd], tuple(range(2, 2 + nd))
+    lhs = layer(torch.roll(x, shifts, dims))
+    rhs = torch.roll(layer(x), shifts, dims)
+    assert torch.allclose(lhs, rhs, rtol=0, atol=1e-12)
+
+
+def test_4d_gradcheck():
+    """Custom backward passes (shift-sum, circular pad) agree with finite differences."""
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 3, 2, 3, 2, dtype=F64, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, 1, 3, dtype=F64, requires_grad=True)
+    b = torch.randn(2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(periodic_conv, (x, w, b))
+    assert torch.autograd.gradgradcheck(periodic_conv, (x, w, b))
+
+
+def test_circular_pad_equals_torch_and_gradcheck():
+    """circular_pad == F.pad(mode='circular'); its folded-halo backward is exact."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 5, 4, 6, dtype=F64, requires_grad=True)
+    ref = F.pad(x, (1, 1, 0, 0, 2, 2), mode="circular")
+    assert torch.equal(circular_pad(x, (2, 0, 1)), ref)
+    assert torch.autograd.gradcheck(lambda t: circular_pad(t, (2, 1, 1)), (x,))
+    y = torch.randn(1, 2, 3, 2, 4, 3, dtype=F64, requires_grad=True)  # 4 axes: the cat path
+    assert torch.autograd.gradcheck(lambda t: circular_pad(t, (1, 0, 2, 1)), (y,))
+
+
+def test_weight_layout_and_init_fan_in():
+    """weight is [C_out, C_in, k0, k1, k2, k3]; init bound 1/sqrt(C_in * k^4) (full 4D fan-in)."""
+    layer = ConvNd(4, 6, 5, 3)
+    assert layer.weight.shape == (5, 6, 3, 3, 3, 3)
+    bound = 1 / (6 * 81) ** 0.5
+    assert layer.weight.abs().max() <= bound
+    assert layer.weight.abs().max() > 0.9 * bound  # uniform fills the interval
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"kernel_size": 2}, "kernel_size"),
+        ({"kernel_size": (3, 3, 4, 3)}, "kernel_size"),
+        ({"kernel_size": (3, 3)}, "kernel_size"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"nd": 0}, "nd"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, name):
+    """Bad configuration fails at construction with a message naming the argument."""
+    args = {"nd": 4, "in_channels": 2, "out_channels": 2, "kernel_size": 3} | kwargs
+    with pytest.raises(ValueError, match=name):
+        ConvNd(**args)
+
+
+def test_bad_input_raises():
+    """Wrong rank/channels, or a kernel that wraps around the lattice twice, are refused."""
+    layer = ConvNd(4, 2, 2, 5)
+    with pytest.raises(ValueError, match="expects input"):
+        layer(torch.randn(1, 3, 4, 4, 4, 4))
+    with pytest.raises(ValueError, match="wraps"):
+        layer(torch.randn(1, 2, 4, 4, 1, 4))

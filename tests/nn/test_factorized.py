@@ -1,0 +1,109 @@
+"""CP / Tucker factorized periodic convolutions."""
+
+import itertools
+
+import pytest
+import torch
+
+from hpcflow.nn.conv import ConvNd
+from hpcflow.nn.factorized import CPConvNd, TuckerConvNd, depthwise_periodic_conv1d
+from tests.nn.reference import roll_conv
+
+F64 = torch.float64
+SHAPES = {2: (5, 4), 3: (5, 4, 3), 4: (4, 3, 5, 3)}
+
+
+def randomize_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    return module
+
+
+def full_equivalent(layer):
+    """A ConvNd whose kernel is the layer's reconstructed kernel, with the same bias."""
+    conv = ConvNd(layer.nd, layer.in_channels, layer.out_channels, layer.kernel_size, dtype=F64)
+    with torch.no_grad():
+        conv.weight.copy_(layer.full_weight())
+        conv.bias.copy_(layer.bias)
+    return conv
+
+
+@pytest.mark.parametrize("nd", [2, 3, 4])
+@pytest.mark.parametrize("cls", [CPConvNd, TuckerConvNd])
+def test_factorized_equals_full_conv_with_reconstructed_kernel(nd, cls):
+    """Factorized layer == full ConvNd whose kernel is the reconstructed (CP / Tucker) kernel."""
+    torch.manual_seed(nd)
+    k = (3, 1, 5, 3)[:nd]
+    layer = randomize_(cls(nd, 3, 4, k, rank=5, dtype=F64))
+    x = torch.randn(2, 3, *SHAPES[nd], dtype=F64)
+    assert torch.allclose(layer(x), full_equivalent(layer)(x), rtol=0, atol=1e-12)
+
+
+def test_cp_full_weight_is_the_cp_formula():
+    """full_weight[o, c, j] == sum_r U_out[o, r] prod_a K_a[r, j_a] U_in[r, c], entry by entry."""
+    torch.manual_seed(7)
+    layer = randomize_(CPConvNd(3, 2, 3, (3, 1, 5), rank=4, dtype=F64))
+    w = layer.full_weight()
+    assert w.shape == (3, 2, 3, 1, 5)
+    for o, c, j0, j1, j2 in itertools.product(range(3), range(2), range(3), range(1), range(5)):
+        expected = sum(
+            layer.weight_out[o, r]
+            * layer.axis_kernels[0][r, j0]
+            * layer.axis_kernels[1][r, j1]
+            * layer.axis_kernels[2][r, j2]
+            * layer.weight_in[r, c]
+            for r in range(4)
+        )
+        assert torch.allclose(w[o, c, j0, j1, j2], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_depthwise_conv1d_equals_reference_and_gradcheck(axis):
+    """Depthwise periodic 1D conv == roll reference with a diagonal kernel; exact gradients."""
+    torch.manual_seed(8)
+    h = torch.randn(2, 3, 5, 4, 2, dtype=F64, requires_grad=True)
+    kernel = torch.randn(3, 5, dtype=F64, requires_grad=True)  # k = 5 wraps around L = 2 and 4
+    ks = [1, 1, 1]
+    ks[axis] = 5
+    w = torch.zeros(3, 3, *ks, dtype=F64)
+    for r in range(3):
+        w[r, r] = kernel[r].detach().view(ks)
+    assert torch.allclose(depthwise_periodic_conv1d(h, kernel, axis), roll_conv(h, w), atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: depthwise_periodic_conv1d(a, b, axis), (h, kernel))
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: depthwise_periodic_conv1d(a, b, axis), (h, kernel)
+    )
+
+
+def test_cp_4d_translation_equivariance_and_gradcheck():
+    """CP conv commutes with lattice translations; gradients match finite differences."""
+    torch.manual_seed(9)
+    layer = randomize_(CPConvNd(4, 2, 2, 3, rank=3, dtype=F64))
+    x = torch.randn(1, 2, 3, 4, 3, 2, dtype=F64, requires_grad=True)
+    shifts, dims = (1, -2, 2, 1), (2, 3, 4, 5)
+    assert torch.allclose(layer(torch.roll(x, shifts, dims)), torch.roll(layer(x), shifts, dims))
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_cp_parameter_count():
+    """CP stores C_in R + R sum(k) + R C_out (+ C_out bias) numbers, not C_in C_out prod(k)."""
+    layer = CPConvNd(4, 16, 16, 3, rank=8)
+    assert sum(p.numel() for p in layer.parameters()) == 16 * 8 + 8 * 4 * 3 + 8 * 16 + 16
+
+
+@pytest.mark.parametrize("cls", [CPConvNd, TuckerConvNd])
+def test_init_scale_matches_full_conv(cls):
+    """The reconstructed kernel starts at the full layer's scale: Var = 1/(3 C_in prod k)."""
+    torch.manual_seed(10)
+    layer = cls(3, 32, 32, 3, rank=64, dtype=F64)
+    var = layer.full_weight().var().item()
+    assert 0.5 < var * 3 * 32 * 27 < 2
+
+
+@pytest.mark.parametrize("cls", [CPConvNd, TuckerConvNd])
+@pytest.mark.parametrize("rank", [0, (4,), 2.5])
+def test_invalid_rank_raises(cls, rank):
+    """A rank that is not a positive integer is refused with a message naming rank."""
+    with pytest.raises(ValueError, match="rank"):
+        cls(4, 2, 2, 3, rank=rank)
