@@ -1,0 +1,44 @@
+"""What each rank runs in the distributed training tests:
+
+    mpiexec -n 2 python -m mpi4py tests/train/mpi_train.py RUN_DIR BACKEND [KEY=VALUE ...]
+
+Trains the tiny configuration of the tests with the given backend, then every rank saves its
+own parameters to ``RUN_DIR/params-r<rank>.pt`` (to show they are identical on all ranks) and
+writes its process id to ``RUN_DIR/pid-r<rank>`` at the start (for the kill test).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from hpcflow import load_config
+from hpcflow.dist import install_abort_hook, make_communicator
+from hpcflow.train.trainer import Trainer
+
+TINY = [
+    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0",
+    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
+    "train.batch_size=8", "train.steps=20", "train.log_every=1", "train.eval_every=5",
+    "train.eval_batch_size=16", "train.checkpoint_every=2", "train.deterministic=true",
+    "train.plot=false", "train.lr=0.01",
+]
+
+
+def main() -> None:
+    run_dir, backend, *extra = sys.argv[1:]
+    run_dir = Path(run_dir)
+    cfg = load_config(None, TINY + [f"distributed.backend={backend}", *extra])
+    comm = make_communicator(cfg.distributed)
+    install_abort_hook(comm)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / f"pid-r{comm.rank}").write_text(str(os.getpid()))
+    trainer = Trainer(cfg, run_dir, comm, log=lambda m: None)
+    trainer.run()
+    torch.save(trainer.model.state_dict(), run_dir / f"params-r{comm.rank}.pt")
+    comm.close()
+
+
+if __name__ == "__main__":
+    main()
