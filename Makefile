@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 NP     ?= 2
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install run test lint bench clean
+.PHONY: install horovod run test lint bench clean
 
 # CPU install path: torch pinned to the CPU wheel of these machines; the package itself asks
 # for a range (setup.py) so that clusters keep their own CUDA/ROCm/XPU builds. mpich provides
@@ -19,15 +19,20 @@ $(BIN)/.installed: setup.py Makefile
 
 install: $(BIN)/.installed
 
+# Horovod is an optional backend for users, but the test suite tests it for real: it is built
+# against the venv's torch and MPI (launch/install_horovod.sh; a few minutes, once per venv).
+horovod: install
+	bash launch/install_horovod.sh $(VENV)
+
 run: install
 	$(BIN)/hpcflow info
 	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m hpcflow check $(CONFIG)
 
 lint: install
-	$(BIN)/ruff check hpcflow tests perf
+	$(BIN)/ruff check hpcflow tests perf launch
 
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
-test: lint
+test: lint horovod
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
