@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("hmc", help="conventional HMC reference chain (one per rank), same "
+                                   "HDF5 format")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", dest="out", required=True, metavar="DIR",
+                   help="output folder")
+    p.add_argument("--n", type=int, help="configurations in all (default: sample.n_samples)")
+    p.set_defaults(func=cmd_hmc)
+
     p = sub.add_parser("masks", help="validate and describe the masking pattern of every layer")
     _add_config_args(p)
     p.add_argument("--plot", metavar="FILE", help="draw 2D slices of the layers to a PNG file")
@@ -196,6 +204,24 @@ def cmd_analyze(args) -> int:
 
     result = analyze_file(args.path)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_hmc(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    n = args.n if args.n is not None else cfg.sample.n_samples
+    if n < 1:
+        raise HpcflowError(f"--n must be a positive integer, got {n}")
+    with _communicator(cfg, "hmc") as comm:
+        from .sample.hmc_run import run_hmc
+
+        res = run_hmc(cfg, args.out, comm, n_total=n)
+        if comm.is_root:
+            print(f"hpcflow hmc: {n} configurations on {comm.size} chain(s) in "
+                  f"{res['seconds']:.1f} s (step size {res['step_size']:.4f}); "
+                  f"{args.out}/samples.h5")
     return 0
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "SampleConfig",
     "DistributedConfig",
+    "HMCConfig",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -261,6 +262,34 @@ class SampleConfig:
 
 
 @dataclass
+class HMCConfig:
+    """``hmc``: the conventional reference chain of ``hpcflow hmc`` (one chain per rank)."""
+
+    n_steps: int = 10
+    """Integrator steps per trajectory."""
+    step_size: float = 0.1
+    """Initial step size; tuned during thermalization to ``target_acceptance``, then fixed."""
+    integrator: Literal["omelyan", "leapfrog"] = "omelyan"
+    target_acceptance: float = 0.8
+    thermalization: int = 200
+    """Trajectories before the first saved configuration (step size tuned meanwhile)."""
+    save_every: int = 1
+    """Trajectories between saved configurations."""
+    start: Literal["hot", "cold"] = "hot"
+
+    def check(self, key: str) -> None:
+        _positive(self.n_steps, f"{key}.n_steps")
+        _positive(self.save_every, f"{key}.save_every")
+        _positive(self.thermalization, f"{key}.thermalization", allow_zero=True)
+        if not self.step_size > 0:
+            raise ConfigError(f"{key}.step_size", f"expected a positive number, "
+                              f"got {self.step_size}")
+        if not 0 < self.target_acceptance < 1:
+            raise ConfigError(f"{key}.target_acceptance", "expected a probability in (0, 1), "
+                              f"got {self.target_acceptance}")
+
+
+@dataclass
 class DistributedConfig:
     """``distributed``: how ranks talk and which device each uses."""
 
@@ -282,6 +311,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    hmc: HMCConfig = field(default_factory=HMCConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def check(self, key: str = "") -> None:
