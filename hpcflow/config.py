@@ -296,7 +296,8 @@ class DistributedConfig:
     backend: Literal["auto", "none", "mpi", "torch", "horovod"] = "auto"
     device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
     threads: int = 0
-    """CPU threads per rank for torch; 0 leaves torch's default."""
+    """CPU threads per rank for torch; 0: the node's cores split over its ranks, or torch's
+    default where OMP_NUM_THREADS is set or the launcher binds the ranks to cores."""
 
     def check(self, key: str) -> None:
         _positive(self.threads, f"{key}.threads", allow_zero=True)
