@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 NP     ?= 2
 CONFIG ?= configs/demo.yaml
+RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))
+MPIRUN := $(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m hpcflow
 
 .PHONY: install horovod run test lint bench clean
 
@@ -24,9 +26,14 @@ install: $(BIN)/.installed
 horovod: install
 	bash launch/install_horovod.sh $(VENV)
 
+# The main job: train, sample and analyze $(CONFIG) on $(NP) ranks. Running it again resumes
+# (or, when finished, only re-reports); `make run CONFIG=configs/su2_2d.yaml NP=4`.
 run: install
 	$(BIN)/hpcflow info
-	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m hpcflow check $(CONFIG)
+	$(MPIRUN) check $(CONFIG) --n 128
+	$(MPIRUN) train $(CONFIG) -o $(RUN_DIR)
+	$(MPIRUN) sample $(RUN_DIR)
+	$(BIN)/hpcflow analyze $(RUN_DIR)/samples/samples.h5
 
 lint: install
 	$(BIN)/ruff check hpcflow tests perf launch

@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 from ._version import __version__
 from .errors import HpcflowError, InputFileError
@@ -202,8 +203,17 @@ def cmd_analyze(args) -> int:
 
     from .analysis.report import analyze_file, format_report
 
-    result = analyze_file(args.path)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = analyze_file(args.path)
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if args.json:
+        result["notes"] = notes
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 
