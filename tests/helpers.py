@@ -13,3 +13,33 @@ def random_links(group_name, shape, batch=2, *, generator=None, dtype=torch.comp
     """Haar-random links ``[batch, Nd, *shape, Nc, Nc]``."""
     group = get_group(group_name)
     return group, group.random((batch, len(shape), *shape), generator=generator, dtype=dtype)
+
+
+# A tiny U(1) training configuration: trains in seconds, float64 and deterministic.
+TINY_U1 = [
+    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0",
+    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
+    "train.batch_size=8", "train.steps=12", "train.log_every=1", "train.eval_every=4",
+    "train.eval_batch_size=16", "train.checkpoint_every=3", "train.deterministic=true",
+    "train.plot=false", "train.lr=0.01",
+]
+
+
+def clean_env() -> dict:
+    """The environment without an enclosing MPI launcher's variables (so that a subprocess is
+    a fresh single process, or a fresh mpiexec job)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+
+
+def mpiexec() -> str:
+    """The venv's mpiexec (mpich wheel) or the one on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    assert found, "mpiexec not found: install the mpich wheel (make install)"
+    return found

@@ -1,20 +1,19 @@
 """Command line: commands run, bad input gives one message naming the key or file."""
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import clean_env, mpiexec
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
     return subprocess.run([sys.executable, "-m", "hpcflow", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+                          text=True, timeout=timeout, cwd=ROOT, env=clean_env())
 
 
 def test_info_lists_versions_and_devices():
@@ -56,11 +55,8 @@ def test_unknown_command_is_refused():
 
 def test_check_under_mpiexec_two_ranks():
     """The smoke run spreads its samples over 2 ranks and reports once."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    mpiexec = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
-    assert mpiexec, "mpiexec not found: install the mpich wheel (make install)"
     res = subprocess.run(
-        [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcflow", "check",
+        [mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcflow", "check",
          "configs/demo.yaml", "--n", "32"],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )

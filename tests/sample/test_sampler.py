@@ -1,7 +1,6 @@
 """hpcflow sample / analyze: resumable shards under MPI, kill -9 safety, missing shards."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from hpcflow import load_config
 from hpcflow.dist import NoneComm
 from hpcflow.sample.storage import open_samples
 from hpcflow.train.trainer import Trainer
+from tests.helpers import clean_env, mpiexec
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -34,21 +34,14 @@ def run_dir(tmp_path_factory):
     return path
 
 
-def _env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
-
-
-def _mpiexec():
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    assert found, "mpiexec not found: install the mpich wheel (make install)"
-    return found
-
-
 def sample_cmd(run_dir, out, n, ranks=1, batch=8):
     cmd = [sys.executable, "-m", "mpi4py", "-m", "hpcflow", "sample", str(run_dir), "--n",
            str(n), "--batch-size", str(batch), "--out", str(out)]
-    return [_mpiexec(), "-n", str(ranks), *cmd] if ranks > 1 else cmd
+    return [mpiexec(), "-n", str(ranks), *cmd] if ranks > 1 else cmd
+
+
+def run_sample(*args, **kwargs):
+    subprocess.run(sample_cmd(*args, **kwargs), check=True, env=clean_env(), timeout=300)
 
 
 def read_all(path):
@@ -58,9 +51,9 @@ def read_all(path):
 
 
 def test_samples_are_consistent_and_extend_exactly(run_dir, tmp_path):
-    subprocess.run(sample_cmd(run_dir, tmp_path / "a", 40), check=True, env=_env(), timeout=120)
-    subprocess.run(sample_cmd(run_dir, tmp_path / "b", 24), check=True, env=_env(), timeout=120)
-    subprocess.run(sample_cmd(run_dir, tmp_path / "b", 40), check=True, env=_env(), timeout=120)
+    run_sample(run_dir, tmp_path / "a", 40)
+    run_sample(run_dir, tmp_path / "b", 24)
+    run_sample(run_dir, tmp_path / "b", 40)
     a, attrs = read_all(tmp_path / "a" / "samples.h5")
     b, _ = read_all(tmp_path / "b" / "samples.h5")
     for k in DATASETS:
@@ -78,12 +71,12 @@ def test_two_ranks_kill_minus_nine_then_resume(run_dir, tmp_path):
     files open, counts agree, nothing duplicated or lost, equal to an uninterrupted run."""
     n = 3000
     ref = tmp_path / "ref"
-    subprocess.run(sample_cmd(run_dir, ref, n, ranks=2), check=True, env=_env(), timeout=300)
+    run_sample(run_dir, ref, n, ranks=2)
     out = tmp_path / "killed"
     rng = np.random.default_rng(12345)
     kills = 0
     for delay in rng.uniform(0.0, 1.0, size=3):
-        proc = subprocess.Popen(sample_cmd(run_dir, out, n, ranks=2), env=_env(),
+        proc = subprocess.Popen(sample_cmd(run_dir, out, n, ranks=2), env=clean_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 60  # wait until both ranks write, then a random moment
@@ -100,7 +93,7 @@ def test_two_ranks_kill_minus_nine_then_resume(run_dir, tmp_path):
                 nw = int(f.attrs["n_written"])
                 assert all(f[k].shape[0] >= nw for k in DATASETS)
     assert kills >= 2, "the sampler finished too fast to be interrupted"
-    res = subprocess.run(sample_cmd(run_dir, out, n, ranks=2), env=_env(), capture_output=True,
+    res = subprocess.run(sample_cmd(run_dir, out, n, ranks=2), env=clean_env(), capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     a, _ = read_all(ref / "samples.h5")
@@ -124,26 +117,26 @@ def _open_when_released(path, timeout=20.0):
 
 def test_missing_or_truncated_shard_is_reported(run_dir, tmp_path):
     out = tmp_path / "s"
-    subprocess.run(sample_cmd(run_dir, out, 30, ranks=2), check=True, env=_env(), timeout=300)
+    run_sample(run_dir, out, 30, ranks=2)
     shard = out / "shard-r00001.h5"
     moved = tmp_path / "elsewhere.h5"
     shard.rename(moved)
     res = subprocess.run([sys.executable, "-m", "hpcflow", "analyze", str(out / "samples.h5")],
-                         capture_output=True, text=True, env=_env(), timeout=120)
+                         capture_output=True, text=True, env=clean_env(), timeout=120)
     assert res.returncode == 2 and "shard-r00001.h5" in res.stderr
     assert "Traceback" not in res.stderr
     data = moved.read_bytes()
     shard.write_bytes(data[: len(data) // 3])
     res = subprocess.run([sys.executable, "-m", "hpcflow", "analyze", str(out / "samples.h5")],
-                         capture_output=True, text=True, env=_env(), timeout=120)
+                         capture_output=True, text=True, env=clean_env(), timeout=120)
     assert res.returncode == 2 and "shard-r00001.h5" in res.stderr
 
 
 def test_analyze_reports_estimates_and_exact_values(run_dir, tmp_path):
     out = tmp_path / "s"
-    subprocess.run(sample_cmd(run_dir, out, 200, batch=50), check=True, env=_env(), timeout=120)
+    run_sample(run_dir, out, 200, batch=50)
     res = subprocess.run([sys.executable, "-m", "hpcflow", "analyze", str(out), "--json"],
-                         capture_output=True, text=True, env=_env(), timeout=120)
+                         capture_output=True, text=True, env=clean_env(), timeout=120)
     assert res.returncode == 0, res.stderr
     import json
 

@@ -17,13 +17,11 @@ from hpcflow import load_config
 from hpcflow.dist import install_abort_hook, make_communicator
 from hpcflow.train.trainer import Trainer
 
-TINY = [
-    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0",
-    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
-    "train.batch_size=8", "train.steps=20", "train.log_every=1", "train.eval_every=5",
-    "train.eval_batch_size=16", "train.checkpoint_every=2", "train.deterministic=true",
-    "train.plot=false", "train.lr=0.01",
-]
+# Run as a script: make the repository root importable for tests.helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.helpers import TINY_U1  # noqa: E402
+
+TINY = [*TINY_U1, "train.steps=20", "train.eval_every=5", "train.checkpoint_every=2"]
 
 
 def main() -> None:

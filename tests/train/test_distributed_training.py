@@ -2,7 +2,6 @@
 identical parameters on all ranks; a killed rank ends the job, and the run resumes exactly."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,27 +12,17 @@ import pytest
 import torch
 
 from hpcflow.train.metrics import read_metrics
+from tests.helpers import clean_env, mpiexec
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "mpi_train.py"
 
 
-def _env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
-
-
-def _mpiexec():
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    assert found, "mpiexec not found: install the mpich wheel (make install)"
-    return found
-
-
 def run_worker(run_dir, backend, ranks, *extra, timeout=300):
     cmd = [sys.executable, "-m", "mpi4py", str(WORKER), str(run_dir), backend, *extra]
     if ranks > 1:
-        cmd = [_mpiexec(), "-n", str(ranks), *cmd]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +64,9 @@ def test_killed_rank_ends_job_and_run_resumes(tmp_path):
     res = run_worker(ref, "mpi", 2, *steps)
     assert res.returncode == 0, res.stderr
     run = tmp_path / "run"
-    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(WORKER), str(run), "mpi",
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(WORKER), str(run), "mpi",
            *steps]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -1,7 +1,6 @@
 """Training: reproducibility, checkpoint/restart (also after kill -9), refusals, bad steps."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,15 +15,10 @@ from hpcflow.dist import NoneComm
 from hpcflow.train.checkpoint import list_checkpoints
 from hpcflow.train.metrics import read_metrics
 from hpcflow.train.trainer import Trainer
+from tests.helpers import TINY_U1, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0",
-    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
-    "train.batch_size=8", "train.steps=12", "train.log_every=1", "train.eval_every=4",
-    "train.eval_batch_size=16", "train.checkpoint_every=3", "train.deterministic=true",
-    "train.plot=false", "train.lr=0.01",
-]
+TINY = TINY_U1
 
 
 def train(run_dir, *extra, until=None):
@@ -136,7 +130,7 @@ def test_kill_minus_nine_then_resume_gives_identical_parameters(tmp_path):
     """Kill -9 at three different moments (one while a checkpoint is being written), resume
     each time with the same command; the final parameters equal an uninterrupted run's."""
     cfg_file = _run_config_file(tmp_path)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    base_env = clean_env()
 
     def command(run_dir):
         return [a if a != "-" else str(cfg_file) for a in _cli(run_dir)]
@@ -185,7 +179,7 @@ def test_kill_minus_nine_then_resume_gives_identical_parameters(tmp_path):
 
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     cfg_file = _run_config_file(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    env = clean_env()
     run = tmp_path / "r"
     cmd = [a if a != "-" else str(cfg_file) for a in _cli(run, "train.steps=100000")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
