@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ess", "log_mean_exp", "MetricsLog"]
+__all__ = ["ess", "log_mean_exp", "MetricsLog", "TensorBoardLog", "read_metrics"]
 
 
 def log_mean_exp(x: torch.Tensor) -> float:
@@ -69,3 +69,31 @@ def read_metrics(path: str | Path) -> list[dict]:
         except ValueError:
             continue
     return out
+
+
+class TensorBoardLog:
+    """Optional mirror of the metrics as TensorBoard scalars (``RUN_DIR/tensorboard``).
+
+    Needs the ``tensorboard`` package (``pip install tensorboard``); asking for it without the
+    package is an input error, reported before training starts.
+    """
+
+    def __init__(self, directory: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from ..errors import ConfigError
+
+            raise ConfigError("train.tensorboard", "needs the tensorboard package "
+                              "(pip install tensorboard), or set it to false") from None
+        self._writer = SummaryWriter(log_dir=str(directory))
+
+    def write(self, record: dict) -> None:
+        step = record["step"]
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

@@ -37,7 +37,7 @@ from .checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from .metrics import MetricsLog, ess, log_mean_exp
+from .metrics import MetricsLog, TensorBoardLog, ess, log_mean_exp
 from .optim import build_optimizer, set_lr
 
 __all__ = ["Trainer", "TrainResult", "model_seed"]
@@ -117,6 +117,8 @@ class Trainer:
             _write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                       resume_step=self.step if ckpt is not None else None)
+            self.tensorboard = (TensorBoardLog(self.run_dir / "tensorboard")
+                                if self.tc.tensorboard else None)
 
     def _local_range(self, n: int) -> range:
         share = n // self.comm.size
@@ -206,6 +208,8 @@ class Trainer:
                 if comm.is_root and (self.step % tc.log_every == 0 or self.step == tc.steps
                                      or "eval_ess" in rec):
                     self.metrics.write(rec)
+                    if self.tensorboard is not None:
+                        self.tensorboard.write(rec)
                 progress.update(rec)
                 margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
                 stop = comm.allreduce_max(float(max(self._signal, 0)))
@@ -222,6 +226,8 @@ class Trainer:
             self._restore_signal_handlers(previous)
             if comm.is_root:
                 self.metrics.close()
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
         if comm.is_root:
             if reason != "done":
                 self.log(f"hpcflow train: stopped at step {self.step} ({reason}); run the same "

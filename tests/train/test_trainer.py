@@ -196,3 +196,29 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     assert "stopped at step" in out and "SIGTERM" in out
     step = list_checkpoints(run / "checkpoints")[-1][0]
     assert step >= 3 and load_model(run).checkpoint_step == step
+
+
+def test_profile_writes_a_trace_and_leaves_no_checkpoint(tmp_path):
+    cfg_file = _run_config_file(tmp_path)
+    run = tmp_path / "r"
+    cmd = [a if a != "-" else str(cfg_file) for a in _cli(run)] + ["--profile"]
+    res = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Self CPU" in res.stdout and (run / "profile" / "trace-r00000.json").stat().st_size
+    assert not list_checkpoints(run / "checkpoints")
+
+
+def test_tensorboard_without_package_is_a_config_error(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(HpcflowError, match="train.tensorboard"):
+            train(tmp_path / "r", "train.tensorboard=true")
+    else:
+        train(tmp_path / "r", "train.tensorboard=true", until=2)
+        assert list((tmp_path / "r" / "tensorboard").iterdir())
+
+
+def test_training_plot_is_written(tmp_path):
+    train(tmp_path / "r", "train.plot=true", until=4)
+    assert (tmp_path / "r" / "training.png").stat().st_size > 1000
