@@ -37,6 +37,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hpcflow.nn.conv import ConvNd, check_input, kernel_tuple
@@ -61,10 +62,17 @@ def _uniform_(tensor: torch.Tensor, bound: float) -> None:
     nn.init.uniform_(tensor, -bound, bound)
 
 
-def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1x1 convolution: ``weight: [C_out, C_in]``, ``x: [B, C_in, *L] -> [B, C_out, *L]``."""
-    b, _, *lattice = x.shape
-    return torch.matmul(weight, x.reshape(b, x.shape[1], -1)).view(b, weight.shape[0], *lattice)
+def channel_mix(
+    weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1x1 convolution: ``weight: [C_out, C_in]``, ``x: [B, C_in, *L] -> [B, C_out, *L]``.
+
+    Runs as ``conv1d`` over the flattened lattice, which is ~2x faster on CPU than ``matmul``
+    (that one transposes ``x`` to make a plain matrix product).
+    """
+    b, c_in, *lattice = x.shape
+    out = F.conv1d(x.reshape(b, c_in, -1), weight.unsqueeze(-1), bias)
+    return out.view(b, weight.shape[0], *lattice)
 
 
 def depthwise_periodic_conv1d(h: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
@@ -118,10 +126,13 @@ class _DepthwisePeriodic(torch.autograd.Function):
             k = kernel.shape[1]
             dims = [0, *range(2, h.dim())]
             columns = []
-            for j in range(k):
-                s = j - k // 2
-                shifted = h if s == 0 else torch.roll(h, -s, 2 + axis)
-                columns.append((g * shifted).sum(dims))
+            d, n = 2 + axis, h.shape[2 + axis]
+            for j in range(k):  # h shifted by j - k//2 along the axis: two pieces, no copy
+                s = (j - k // 2) % n
+                column = (g.narrow(d, 0, n - s) * h.narrow(d, s, n - s)).sum(dims)
+                if s:
+                    column = column + (g.narrow(d, n - s, s) * h.narrow(d, 0, s)).sum(dims)
+                columns.append(column)
             grad_kernel = torch.stack(columns, 1)
         return grad_h, grad_kernel, None
 
@@ -199,10 +210,7 @@ class CPConvNd(nn.Module):
         h = channel_mix(self.weight_in, x)  # [B, R, *L]
         for axis, kernel in enumerate(self.axis_kernels):
             h = depthwise_periodic_conv1d(h, kernel, axis)
-        out = channel_mix(self.weight_out, h)  # [B, C_out, *L]
-        if self.bias is not None:
-            out = out + self.bias.view(-1, *([1] * self.nd))
-        return out
+        return channel_mix(self.weight_out, h, self.bias)  # [B, C_out, *L]
 
     def extra_repr(self) -> str:
         return (
@@ -274,10 +282,7 @@ class TuckerConvNd(nn.Module):
         """``x: [B, C_in, *L] -> [B, C_out, *L]``."""
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
         h = self.core(channel_mix(self.weight_in, x))  # [B, R_out, *L]
-        out = channel_mix(self.weight_out, h)
-        if self.bias is not None:
-            out = out + self.bias.view(-1, *([1] * self.nd))
-        return out
+        return channel_mix(self.weight_out, h, self.bias)
 
     def extra_repr(self) -> str:
         return (

@@ -96,8 +96,19 @@ def test_circular_pad_equals_torch_and_gradcheck():
     ref = F.pad(x, (1, 1, 0, 0, 2, 2), mode="circular")
     assert torch.equal(circular_pad(x, (2, 0, 1)), ref)
     assert torch.autograd.gradcheck(lambda t: circular_pad(t, (2, 1, 1)), (x,))
-    y = torch.randn(1, 2, 3, 2, 4, 3, dtype=F64, requires_grad=True)  # 4 axes: the cat path
+    y = torch.randn(1, 2, 3, 2, 4, 3, dtype=F64, requires_grad=True)  # 4 padded axes
     assert torch.autograd.gradcheck(lambda t: circular_pad(t, (1, 0, 2, 1)), (y,))
+
+
+def test_circular_pad_keeps_channels_last():
+    """A channels-last input is padded (and its gradient returned) in channels-last memory."""
+    x = torch.randn(2, 3, 5, 4, 6).contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    xp = circular_pad(x, (1, 2, 1))
+    assert xp.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(xp, F.pad(x, (1, 1, 2, 2, 1, 1), mode="circular"))
+    xp.backward(torch.ones_like(xp))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_weight_layout_and_init_fan_in():
