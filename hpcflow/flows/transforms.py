@@ -86,7 +86,13 @@ class U1Transform(LinkTransform):
 
 
 def make_link_transform(group: Group, kind: str, bins: int) -> LinkTransform:
-    """The transform family of a group: U(1) circular splines, SU(N) spectral maps."""
+    """The transform family of a group: U(1) circular splines, SU(2)/SU(3) spectral maps
+    (``spectral.py``); other N raise ``ValueError``."""
     if group.nc == 1:
         return U1Transform(kind, bins)
-    raise NotImplementedError(f"flows for {group.name} are not available yet")
+    if kind != "spline":
+        raise ValueError(f"model.transform={kind!r} exists for U(1) only; SU(N) flows use "
+                         "spectral splines (model.transform=spline)")
+    from .spectral import SUNTransform
+
+    return SUNTransform(group, bins)
