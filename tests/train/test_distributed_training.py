@@ -84,3 +84,18 @@ def test_killed_rank_ends_job_and_run_resumes(tmp_path):
     b = torch.load(run / "params-r0.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _series(ref, "loss") == _series(run, "loss")
+
+
+def test_two_ranks_reproduce_one_process_su3(tmp_path):
+    """The same for an SU(3) flow (spectral transforms): 2 ranks give the single-process loss
+    and ESS to 1e-10."""
+    extra = ("lattice.group=SU3", "train.steps=6", "train.eval_every=3")
+    ref = tmp_path / "one"
+    res = run_worker(ref, "none", 1, *extra)
+    assert res.returncode == 0, res.stderr
+    res = run_worker(tmp_path / "two", "mpi", 2, *extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for key in ("loss", "ess", "eval_ess"):
+        a, b = _series(ref, key), _series(tmp_path / "two", key)
+        assert len(a) == len(b) > 0
+        assert all(abs(x - y) <= 1e-10 * max(abs(x), 1e-300) for x, y in zip(a, b, strict=True))
