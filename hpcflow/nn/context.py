@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hpcflow.nn.conv import ConvNd, kernel_tuple
+from hpcflow.nn.conv import ConvNd, check_positive_ints, kernel_tuple
 from hpcflow.nn.factorized import CPConvNd, TuckerConvNd, tucker_ranks
 
 ACTIVATIONS = {
@@ -29,12 +29,6 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
 }
 CONVS = ("full", "factorized", "tucker")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
 
 
 def build_context_net(
@@ -58,18 +52,21 @@ def build_context_net(
     ``dtype``/``device``: of the parameters (default: torch's defaults). The last layer outputs
     exactly zero at initialization.
     """
-    nd = _positive_int("nd", nd)
-    in_channels = _positive_int("in_channels", in_channels)
-    out_channels = _positive_int("out_channels", out_channels)
+    check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
     if isinstance(hidden, int | str) or not isinstance(hidden, Sequence):
         raise ValueError(f"hidden={hidden!r} must be a sequence of positive integers")
-    hidden = tuple(_positive_int("hidden", h) for h in hidden)
+    for h in hidden:
+        check_positive_ints(hidden=h)
+    hidden = tuple(hidden)
     kernel_size = kernel_tuple(kernel_size, nd)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
     if conv not in CONVS:
         raise ValueError(f"conv={conv!r} must be one of {list(CONVS)}")
-    rank = tucker_ranks(rank) if conv == "tucker" else _positive_int("rank", rank)
+    if conv == "tucker":
+        rank = tucker_ranks(rank)
+    else:
+        check_positive_ints(rank=rank)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r} must be a floating-point torch.dtype or None")
 

@@ -36,6 +36,13 @@ from torch import nn
 _NATIVE_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def check_positive_ints(**values) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
 def kernel_tuple(kernel_size: int | Sequence[int], nd: int) -> tuple[int, ...]:
     """Validate ``kernel_size`` (an odd int, or a sequence of ``nd`` odd ints) and expand it."""
     if isinstance(kernel_size, int):
@@ -243,13 +250,7 @@ class ConvNd(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("nd", nd),
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+        check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
         self.nd = nd
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -40,12 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcflow.nn.conv import ConvNd, check_input, kernel_tuple
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple
 
 
 def tucker_ranks(rank: int | Sequence[int]) -> tuple[int, int]:
@@ -54,7 +49,7 @@ def tucker_ranks(rank: int | Sequence[int]) -> tuple[int, int]:
     if len(ranks) != 2:
         raise ValueError(f"rank={rank!r} must be a positive integer or a pair (R_in, R_out)")
     for value in ranks:
-        _check_positive("rank", value)
+        check_positive_ints(rank=value)
     return ranks
 
 
@@ -158,13 +153,7 @@ class CPConvNd(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("nd", nd),
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("rank", rank),
-        ):
-            _check_positive(name, value)
+        check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels, rank=rank)
         self.nd, self.in_channels, self.out_channels = nd, in_channels, out_channels
         self.rank = rank
         self.kernel_size = kernel_tuple(kernel_size, nd)
@@ -239,12 +228,7 @@ class TuckerConvNd(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("nd", nd),
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-        ):
-            _check_positive(name, value)
+        check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
         ranks = tucker_ranks(rank)
         self.nd, self.in_channels, self.out_channels = nd, in_channels, out_channels
         self.rank = ranks
