@@ -42,6 +42,7 @@ __all__ = [
     "closed_loop_trace",
     "reroot",
     "reverse",
+    "shift",
     "plaquette_path",
 ]
 
@@ -129,9 +130,15 @@ def link_offsets(path: Path, nd: int) -> Iterator[tuple[int, int, tuple[int, ...
             yield mu, -1, tuple(y)
 
 
-def _shift(field: torch.Tensor, y: tuple[int, ...], lattice_dims: tuple[int, ...]):
-    """``f(x + y)`` for every ``x`` (PHYSICS.md: a shift is ``roll(f, -1)``)."""
-    pairs = [(-yi, d) for yi, d in zip(y, lattice_dims, strict=True) if yi != 0]
+def shift(field: torch.Tensor, y, dims=None) -> torch.Tensor:
+    """``f(x + y)`` for every ``x`` (PHYSICS.md: a shift is ``roll(f, -1)``).
+
+    ``dims``: the lattice axes of ``field``, one per entry of ``y``; default: the last
+    ``len(y)`` axes (site masks and counts ``[..., *L]``).
+    """
+    if dims is None:
+        dims = tuple(range(field.dim() - len(y), field.dim()))
+    pairs = [(-yi, d) for yi, d in zip(y, dims, strict=True) if yi != 0]
     if not pairs:
         return field
     shifts, dims = zip(*pairs, strict=True)
@@ -149,7 +156,7 @@ def path_product(links: torch.Tensor, path: Path, algebra: Algebra) -> torch.Ten
     lattice_dims = tuple(range(1, 1 + nd))  # after selecting one direction
     out = None
     for mu, sign, y in link_offsets(path, nd):
-        u = _shift(links[:, mu], y, lattice_dims)
+        u = shift(links[:, mu], y, lattice_dims)
         if sign < 0:
             u = algebra.dagger(u)
         out = u if out is None else algebra.mul(out, u)

@@ -32,7 +32,15 @@ from typing import NamedTuple
 import torch
 
 from ..lattice.groups import Angles, Counts
-from ..lattice.loops import Loop, Path, link_offsets, loops_of_shape, path_product, reroot
+from ..lattice.loops import (
+    Loop,
+    Path,
+    link_offsets,
+    loops_of_shape,
+    path_product,
+    reroot,
+    shift,
+)
 
 __all__ = [
     "FROZEN",
@@ -180,7 +188,7 @@ class ActiveLoop:
 
     def closed_bases(self) -> torch.Tensor:
         """Base sites ``x - offset`` of the closed loops used: bool ``[*L]``."""
-        return shift_sites(self.sites, self.offset)
+        return shift(self.sites, self.offset)
 
 
 class FrozenLoop(NamedTuple):
@@ -189,16 +197,6 @@ class FrozenLoop(NamedTuple):
 
     loop: Loop
     sites: torch.Tensor
-
-
-def shift_sites(field: torch.Tensor, y) -> torch.Tensor:
-    """``field(x + y)`` at every ``x`` (lattice axes are the last ``len(y)`` dims): moves site
-    masks and counts between a loop's base and its links, and between translated layers."""
-    pairs = [(-yi, field.dim() - len(y) + d) for d, yi in enumerate(y) if yi]
-    if not pairs:
-        return field
-    shifts, dims = zip(*pairs, strict=True)
-    return torch.roll(field, shifts=shifts, dims=dims)
 
 
 def candidate_loops(active: torch.Tensor, counts: torch.Tensor,
@@ -221,7 +219,7 @@ def candidate_loops(active: torch.Tensor, counts: torch.Tensor,
         for i, (mu, _sign, y) in enumerate(link_offsets(loop.path, nd)):
             if not used[mu]:
                 continue
-            sites = active[mu] & shift_sites(single[j], tuple(-v for v in y))
+            sites = active[mu] & shift(single[j], tuple(-v for v in y))
             if sites.any():
                 path, offset = reroot(loop.path, i, nd)
                 out.append(ActiveLoop(path=path, source=loop, step=i, offset=offset, sites=sites))

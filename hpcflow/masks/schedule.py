@@ -28,7 +28,7 @@ import torch
 
 from ..config import MaskPattern, ModelConfig
 from ..errors import ConfigError
-from ..lattice.loops import LOOP_SHAPES, loops_of_shape
+from ..lattice.loops import LOOP_SHAPES, loops_of_shape, shift
 from .checkerboard import check_pattern, default_patterns, link_mask
 from .loopmask import (
     ActiveLoop,
@@ -38,7 +38,6 @@ from .loopmask import (
     candidates_per_link,
     class_totals,
     loop_counts,
-    shift_sites,
 )
 
 __all__ = ["LayerMask", "Schedule", "build_layer", "build_schedule", "shapes_for", "translation",
@@ -190,7 +189,7 @@ def translate_layer(layer: LayerMask, t, *, offset: int, index: int) -> LayerMas
     becomes ``m(x + t)``. Counts, candidates and the greedy assignment commute with
     translations, so this equals building the translated pattern afresh (tested)."""
     nd = layer.nd
-    move = lambda m: shift_sites(m, t)  # noqa: E731
+    move = lambda m: shift(m, t)  # noqa: E731
     active_loops = {
         s: [[dataclasses.replace(a, sites=move(a.sites)) for a in update] for update in updates]
         for s, updates in layer.active_loops.items()
