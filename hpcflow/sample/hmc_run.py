@@ -19,6 +19,7 @@ import torch
 from .. import build_action
 from ..flows.prior import sample_seed
 from .hmc import HMC
+from .sampler import rank_indices
 from .storage import SampleHeader, ShardWriter, write_master
 
 __all__ = ["STREAM_HMC", "run_hmc"]
@@ -44,7 +45,7 @@ def run_hmc(cfg, out_dir: str | Path, comm, *, n_total: int, rows_per_write: int
                 target_acceptance=h.target_acceptance, start=h.start, seed=seed,
                 device=comm.device)
     header = SampleHeader.from_config(cfg, checkpoint_step=-1)
-    n_mine = len(range(comm.rank, n_total, comm.size))
+    n_mine = len(rank_indices(n_total, comm.rank, comm.size))
     t0 = time.perf_counter()
     state_file = _state_path(out_dir, comm.rank)
     with ShardWriter(out_dir, header, rank=comm.rank, world_size=comm.size) as writer:

@@ -1,7 +1,5 @@
-"""Training metrics: batch ESS, log Z, acceptance; the metrics.jsonl writer.
-
-``w = exp(-S - log q)``; ``ESS = (sum w)^2 / (n sum w^2)``; ``log Z ~ log mean w``
-(PHYSICS.md, "Training and sampling"), computed in log space.
+"""Training metrics: the metrics.jsonl writer, the optional TensorBoard mirror, and the reader
+the plots use. The estimators themselves (ESS, log Z) are those of ``hpcflow.analysis.stats``.
 """
 
 from __future__ import annotations
@@ -10,22 +8,7 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
-__all__ = ["ess", "log_mean_exp", "MetricsLog", "TensorBoardLog", "read_metrics"]
-
-
-def log_mean_exp(x: torch.Tensor) -> float:
-    return (torch.logsumexp(x, 0) - math.log(x.numel())).item()
-
-
-def ess(log_weight: torch.Tensor) -> float:
-    """Normalized effective sample size of importance weights ``exp(log_weight)``: [n] -> float."""
-    lw = log_weight.double()
-    if not torch.isfinite(lw).all():
-        return float("nan")
-    return math.exp(2 * torch.logsumexp(lw, 0).item() - torch.logsumexp(2 * lw, 0).item()
-                    - math.log(lw.numel()))
+__all__ = ["MetricsLog", "TensorBoardLog", "read_metrics"]
 
 
 class MetricsLog:

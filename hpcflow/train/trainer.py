@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import build_action
+from ..analysis.stats import ess, logsumexp
 from ..errors import HpcflowError
 from ..flows.model import GaugeFlow, build_model
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
@@ -37,7 +38,7 @@ from .checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from .metrics import MetricsLog, TensorBoardLog, ess, log_mean_exp
+from .metrics import MetricsLog, TensorBoardLog
 from .optim import build_optimizer, set_lr
 
 __all__ = ["Trainer", "TrainResult", "model_seed"]
@@ -141,10 +142,10 @@ class Trainer:
             ((log_q + s).sum() / len(local)).backward()
             log_w.append((-s - log_q).detach())
         comm.allreduce_gradients_(self.params)
-        log_w = comm.allgather(torch.cat(log_w)).double()
+        log_w = comm.allgather(torch.cat(log_w)).double().cpu().numpy()
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
-        loss = -log_w.mean().item()
+        loss = -float(log_w.mean())
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -154,7 +155,7 @@ class Trainer:
             self.skipped += 1
         self.step += 1
         return {"step": self.step, "loss": loss, "ess": ess(log_w),
-                "log_z": log_mean_exp(log_w) if finite else None, "lr": lr,
+                "log_z": _log_mean_exp(log_w) if finite else None, "lr": lr,
                 "grad_norm": grad_norm, "skipped": self.skipped}
 
     @torch.no_grad()
@@ -169,12 +170,12 @@ class Trainer:
             idx = range(lo, min(lo + micro, local.stop))
             u, logdet = model(model.prior(idx, seed=tc.seed, stream=STREAM_EVAL, step=self.step))
             log_w.append(-self.action(u) + logdet)
-        lw = self.comm.allgather(torch.cat(log_w)).double()
+        lw = self.comm.allgather(torch.cat(log_w)).double().cpu().numpy()
         uniforms = np.random.default_rng([tc.seed, STREAM_EVAL, self.step]).random(len(lw))
-        _, accepted, _, _ = independence_metropolis(lw.cpu().numpy(), uniforms)
-        return {"eval_ess": ess(lw), "eval_log_z": log_mean_exp(lw),
+        _, accepted, _, _ = independence_metropolis(lw, uniforms)
+        return {"eval_ess": ess(lw), "eval_log_z": _log_mean_exp(lw),
                 "eval_acceptance": float(accepted[1:].mean()) if len(lw) > 1 else None,
-                "eval_loss": -lw.mean().item()}
+                "eval_loss": -float(lw.mean())}
 
     # ------------------------------------------------------------------ the loop
     def run(self, until: int | None = None) -> TrainResult:
@@ -309,6 +310,11 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _log_mean_exp(log_w: np.ndarray) -> float:
+    """``log mean w`` from ``log w``: the batch estimate of ``log Z``."""
+    return logsumexp(log_w) - math.log(len(log_w))
 
 
 def _write_atomic(path: Path, text: str) -> None:
