@@ -19,7 +19,10 @@ backward of a fixed random cotangent (training). Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the process RSS high-water mark during one
 forward+backward minus the RSS before it (the mark is reset through ``/proc/self/clear_refs``;
 ``resource.getrusage(...).ru_maxrss`` where that is not possible), each variant in a fresh
-subprocess, i.e. memory beyond the input and the parameters.
+subprocess, i.e. memory beyond the input and the parameters. The three dense variants do the
+same arithmetic; their rate (GFLOP/s of forward+backward, 2 per multiply-add of the dense
+kernel) is printed next to that of a large float32 GEMM at the same thread count: where the
+baselines already run at GEMM speed, no implementation can be many times faster than them.
 
 Usage: ``python perf/bench_conv.py [--device cpu] [--repeats 15] [--threads N] [--out FILE]``.
 Prints a markdown table and writes JSON (default ``perf/out/bench_conv.json``).
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -52,7 +56,10 @@ SHAPES = [
     ("SU(3) 4D default context 24->32", 4, (8, 8, 8, 8), 24, 32, 3),
     # configs/su3_4d.yaml: 4^4 lattice, train.batch_size 64, model.net.hidden [32, 32]
     ("su3_4d.yaml hidden layer 32->32", 64, (4, 4, 4, 4), 32, 32, 3),
+    # configs/u1_4d.yaml with model.net.conv = full: 4^4 lattice, batch 32, hidden [16, 16]
+    ("u1_4d.yaml full conv 16->16", 32, (4, 4, 4, 4), 16, 16, 3),
 ]
+DENSE = ("ours", "per_kernel_slice", "slice_loop")  # same arithmetic: the full 4D kernel
 VARIANTS = ["ours", "per_kernel_slice", "slice_loop", "cp_r4", "cp_r8", "cp_r16", "tucker_r8"]
 
 
@@ -159,6 +166,28 @@ def time_once(module: nn.Module, x: torch.Tensor, cotangent: torch.Tensor, devic
     return t1 - t0, t2 - t1
 
 
+def dense_gflop(batch: int, lattice, c_in: int, c_out: int, k: int) -> float:
+    """Floating-point work (GFLOP, 2 per multiply-add) of one forward of a dense 4D kernel;
+    forward+backward (input and weight gradients) is three times that."""
+    return 2e-9 * batch * math.prod(lattice) * k ** len(lattice) * c_in * c_out
+
+
+def gemm_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-multiply rate (GFLOP/s) at the current thread count: a reference
+    for the rates of the dense convolutions."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2e-9 * n ** 3 / min(times)
+
+
 def worker_memory(variant: str, shape_index: int, device: str) -> dict:
     """Peak memory of one forward+backward, measured in this (fresh) process."""
     _, _, _, c_in, c_out, k = SHAPES[shape_index]
@@ -239,6 +268,8 @@ def main() -> None:
     variants = args.variants.split(",")
     err = check_baselines(args.device)
     print(f"baselines vs ours, max |diff| (float64): {err:.1e}")
+    peak = gemm_gflops(args.device)
+    print(f"float32 GEMM 2048^3 at {args.threads} thread(s): {peak:.0f} GFLOP/s")
     results = []
     methods = set()
     for si, (label, batch, lattice, c_in, c_out, k) in enumerate(SHAPES):
@@ -268,6 +299,9 @@ def main() -> None:
                     "fwd_bwd_ms_min": 1e3 * min(both[v]),
                 }
             )
+            if v in DENSE:
+                work = 3 * dense_gflop(batch, lattice, c_in, c_out, k)
+                results[-1]["fwd_bwd_gflops"] = work / statistics.median(both[v])
             mem = measure_memory(v, si, args)
             results[-1]["peak_mb"] = mem["peak_mb"]
             methods.add(mem["method"])
@@ -277,13 +311,15 @@ def main() -> None:
         r["speedup_vs_ours"] = ours["fwd_bwd_ms"] / r["fwd_bwd_ms"]
     mem = {"cuda": "CUDA allocator", "VmHWM": "RSS growth", "ru_maxrss": "RSS growth"}
     mem = "/".join(sorted({mem[m] for m in methods}))
-    print(f"\n| variant | shape | fwd ms | fwd+bwd ms | peak MB ({mem}) | speed-up vs ours |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print(f"\n| variant | shape | fwd ms | fwd+bwd ms | peak MB ({mem}) | speed-up vs ours "
+          f"| fwd+bwd GFLOP/s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         shape = f"{r['shape']}: B={r['batch']}, {'x'.join(map(str, r['lattice']))}, k={r['k']}"
+        rate = f"{r['fwd_bwd_gflops']:.0f}" if "fwd_bwd_gflops" in r else "-"
         print(
             f"| {r['variant']} | {shape} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
-            f"{r['peak_mb']:.0f} | {r['speedup_vs_ours']:.2f}x |"
+            f"{r['peak_mb']:.0f} | {r['speedup_vs_ours']:.2f}x | {rate} |"
         )
 
     targets = {}
@@ -323,6 +359,7 @@ def main() -> None:
             "fresh subprocess per variant and shape",
         }[methods.pop() if len(methods) == 1 else "VmHWM"],
         "baseline_max_abs_diff_float64": err,
+        "gemm_gflops": peak,
         "results": results,
         "targets": targets,
     }

@@ -1,5 +1,7 @@
 """Shared test helpers: small lattices for every dimension, random links."""
 
+import math
+
 import torch
 
 from hpcflow.lattice.groups import get_group
@@ -43,3 +45,21 @@ def mpiexec() -> str:
     found = str(local) if local.exists() else shutil.which("mpiexec")
     assert found, "mpiexec not found: install the mpich wheel (make install)"
     return found
+
+
+def su_basis(n: int) -> torch.Tensor:
+    """Orthonormal basis ``T_a: [n^2 - 1, n, n]`` of anti-Hermitian traceless matrices,
+    ``Re tr(T_a^dagger T_b) = delta_ab``."""
+    ts = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            a = torch.zeros(n, n, dtype=torch.complex128)
+            a[i, j], a[j, i] = 1.0, -1.0
+            b = torch.zeros(n, n, dtype=torch.complex128)
+            b[i, j], b[j, i] = 1j, 1j
+            ts += [a / math.sqrt(2.0), b / math.sqrt(2.0)]
+    for k in range(1, n):
+        d = torch.zeros(n, dtype=torch.complex128)
+        d[:k], d[k] = 1.0, -float(k)
+        ts.append(torch.diag(1j * d / math.sqrt(k * (k + 1))))
+    return torch.stack(ts)

@@ -7,6 +7,7 @@ inverse pass, so it accepts any configuration (an HMC one, say) and is gauge inv
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -111,6 +112,11 @@ def build_model(cfg) -> GaugeFlow:
     shape = tuple(cfg.lattice.shape)
     m = cfg.model
     real, _ = _DTYPES[m.dtype]
+    if group.name != "U1" and real == torch.float32:
+        warnings.warn(
+            f"model.dtype float32 with {group.name}: a trained float32 spectral flow can lose its "
+            f"inverse (NaN or biased log q, perf/RESULTS.md 'Known problem'); use model.dtype: "
+            f"float64 for SU(N)", stacklevel=2)
     link_transform = make_link_transform(group, m.transform, m.bins)
     schedule = build_schedule(shape, m, key="model")
     layers = []

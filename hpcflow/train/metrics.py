@@ -29,6 +29,8 @@ class MetricsLog:
         self._fh = open(self.path, "a")
 
     def write(self, record: dict) -> None:
+        if self._fh.closed:  # a later ``Trainer.run`` after an earlier one closed the file
+            self._fh = open(self.path, "a")
         self._fh.write(json.dumps(record, allow_nan=True) + "\n")
         self._fh.flush()
 

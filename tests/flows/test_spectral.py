@@ -20,6 +20,7 @@ from hpcflow.flows.spectral import (
     unitary_eig,
 )
 from hpcflow.lattice.groups import SUN, U1
+from tests.helpers import su_basis
 
 C128 = torch.complex128
 F64 = torch.float64
@@ -34,29 +35,11 @@ def _params(lt: SUNTransform, shape, seed: int, scale: float = 1.0) -> torch.Ten
     return scale * torch.randn(*shape, lt.n_params, generator=_gen(seed), dtype=F64)
 
 
-def _su_basis(n: int) -> torch.Tensor:
-    """Orthonormal basis ``T_a: [n^2 - 1, n, n]`` of anti-Hermitian traceless matrices,
-    ``Re tr(T_a^dagger T_b) = delta_ab``."""
-    ts = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            a = torch.zeros(n, n, dtype=C128)
-            a[i, j], a[j, i] = 1.0, -1.0
-            b = torch.zeros(n, n, dtype=C128)
-            b[i, j], b[j, i] = 1j, 1j
-            ts += [a / math.sqrt(2.0), b / math.sqrt(2.0)]
-    for k in range(1, n):
-        d = torch.zeros(n, dtype=C128)
-        d[:k], d[k] = 1.0, -float(k)
-        ts.append(torch.diag(1j * d / math.sqrt(k * (k + 1))))
-    return torch.stack(ts)
-
-
 def _near_degenerate(n: int, seed: int) -> torch.Tensor:
     """Centre elements ``z 1`` exactly and times ``exp(eps X)`` for eps from 1e-3 to 1e-12, and
     (SU(3)) two equal eigenvalues exactly and nearly: ``[M, n, n]``."""
     g = torch.Generator().manual_seed(seed)
-    basis = _su_basis(n)
+    basis = su_basis(n)
     centres = [torch.polar(torch.tensor(1.0, dtype=F64), torch.tensor(2 * math.pi * k / n,
                                                                       dtype=F64))
                for k in range(n)]
@@ -132,7 +115,7 @@ def test_gradients_finite_at_and_near_degeneracy(n):
     (eps = 1e-3) the gradient in v equals a central finite difference."""
     lt = SUNTransform(SUN(n), bins=6)
     w0 = _near_degenerate(n, seed=4)
-    basis = _su_basis(n)
+    basis = su_basis(n)
     m = torch.randn(n, n, generator=_gen(5), dtype=F64).to(C128)
     params = _params(lt, (w0.shape[0],), seed=6).requires_grad_(True)
 
@@ -216,7 +199,7 @@ def test_log_j_equals_lie_algebra_jacobian(n):
     this also checks the backward of unitary_eig."""
     g = SUN(n)
     lt = SUNTransform(g, bins=8)
-    basis = _su_basis(n)
+    basis = su_basis(n)
     gram = torch.einsum("aij,bij->ab", basis.conj(), basis).real
     assert torch.allclose(gram, torch.eye(basis.shape[0], dtype=F64), atol=1e-15)
     ws = torch.cat([g.random((6,), generator=_gen(14)), _near_degenerate(n, seed=15)[[1, 6]]])
@@ -244,7 +227,7 @@ def test_locally_scalar_at_centre_elements(n):
     hence log J -> (N^2 - 1) log c = log J(z 1), independent of the direction of approach."""
     lt = SUNTransform(SUN(n), bins=8)
     params = _params(lt, (), seed=31, scale=0.5)
-    basis = _su_basis(n)
+    basis = su_basis(n)
     x = torch.einsum("kc,cij->kij", torch.randn(64, basis.shape[0], generator=_gen(32),
                                                 dtype=F64).to(C128), basis)
     eps = 1e-8  # random splines are steep: log J moves by up to ~700 eps here, linearly in eps

@@ -65,6 +65,15 @@ def test_resume_continues_to_identical_parameters(tmp_path):
     assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "part")
 
 
+def test_one_trainer_runs_in_stages(tmp_path):
+    """``run(until=)`` twice on the same trainer (a notebook's use) continues the metrics file."""
+    train(tmp_path / "full")
+    trainer, first = train(tmp_path / "staged", until=5)
+    second = trainer.run()
+    assert (first.step, second.step) == (5, 12)
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "staged")
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path):
     train(tmp_path / "full")
     run = tmp_path / "r"

@@ -1,0 +1,41 @@
+"""Every shipped configuration loads, and its model builds (cluster-sized ones: the config and
+the whole mask schedule only, which is where a lattice/pattern mismatch would show)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcflow import load_config
+from hpcflow.flows.model import build_model
+from hpcflow.masks.schedule import build_schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*.yaml"))
+CLUSTER = sorted(p.relative_to(ROOT).as_posix()
+                 for p in (ROOT / "configs" / "cluster").glob("*.yaml"))
+
+
+def test_the_expected_configurations_ship():
+    names = {Path(c).stem for c in CONFIGS}
+    assert {"demo", "u1_2d", "u1_3d", "u1_4d", "su2_2d", "su2_3d", "su3_2d", "su3_4d"} <= names
+    assert len(CLUSTER) >= 2
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_small_config_builds_and_samples(path):
+    cfg = load_config(ROOT / path)
+    model = build_model(cfg)
+    u, log_q = model.sample(1, seed=0)
+    assert u.shape[1:1 + len(cfg.lattice.shape) + 1] == (len(cfg.lattice.shape),
+                                                         *cfg.lattice.shape)
+    assert torch.isfinite(log_q).all()
+    assert cfg.train.steps > 0 and cfg.sample.n_samples > 0
+
+
+@pytest.mark.parametrize("path", CLUSTER)
+def test_cluster_config_loads_and_masks_cover_the_lattice(path):
+    cfg = load_config(ROOT / path)
+    schedule = build_schedule(cfg.lattice.shape, cfg.model)
+    assert len(schedule.layers) == cfg.model.layers
+    assert int(schedule.coverage.min()) > 0
