@@ -187,6 +187,9 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     micro_batch_size: int = 0
     """Samples per forward/backward pass on a rank (gradient accumulation); 0: all at once."""
+    recompute_layers: bool = False
+    """Activation checkpointing: keep only each coupling layer's input and recompute the layer
+    in the backward pass (memory of about one layer instead of all; ~1.5x the step time)."""
     log_every: int = 10
     """Steps between metrics.jsonl lines and progress updates."""
     eval_every: int = 100

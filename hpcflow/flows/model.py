@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..lattice.groups import Group, get_group
 from .coupling import Assignment, CouplingPlan, GaugeCoupling
@@ -38,6 +39,10 @@ class GaugeFlow(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.real_dtype = dtype
         self.complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        self.recompute = False
+        """Recompute each layer's forward in the backward pass instead of keeping its
+        intermediates (activation checkpointing): memory of one layer instead of all, at the
+        price of a second forward pass (``train.recompute_layers``)."""
 
     @property
     def device(self) -> torch.device:
@@ -47,8 +52,12 @@ class GaugeFlow(nn.Module):
         """Prior links ``z -> (U, log|det J|)``, ``log|det J|: [B]``."""
         x = self.link_transform.to_internal(z)
         logdet = torch.zeros(z.shape[0], dtype=self.real_dtype, device=z.device)
+        recompute = self.recompute and torch.is_grad_enabled()
         for layer in self.layers:
-            x, ld = layer(x)
+            if recompute:
+                x, ld = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x, ld = layer(x)
             logdet = logdet + ld
         return self.link_transform.from_internal(x), logdet
 

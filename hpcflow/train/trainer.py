@@ -79,6 +79,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(model_seed(self.tc.seed))
         self.model: GaugeFlow = build_model(cfg).to(comm.device)
+        self.model.recompute = self.tc.recompute_layers
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, self.tc)
         self.action = build_action(cfg)

@@ -231,3 +231,34 @@ def test_tensorboard_without_package_is_a_config_error(tmp_path):
 def test_training_plot_is_written(tmp_path):
     train(tmp_path / "r", "train.plot=true", until=4)
     assert (tmp_path / "r" / "training.png").stat().st_size > 1000
+
+
+def test_trace_summary_self_times_and_calls():
+    from hpcflow.train.profile import format_summary, summarize_trace
+    x = {"ph": "X", "cat": "cpu_op", "pid": 1, "tid": 1}
+    events = [dict(x, name="outer", ts=0.0, dur=100.0),
+              dict(x, name="inner", ts=10.0, dur=30.0),
+              dict(x, name="inner", ts=50.0, dur=20.0),
+              dict(x, name="outer", ts=200.0, dur=10.0),
+              dict(x, name="inner", ts=5.0, dur=1.0, tid=2),      # another thread
+              {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 20.0,
+               "dur": 40.0},
+              {"ph": "i", "cat": "cpu_instant_event", "name": "mark", "ts": 1.0}]
+    rows = {(r["name"], r["kind"]): r for r in summarize_trace(events, steps=2)}
+    assert rows[("outer", "cpu")]["calls"] == 1.0
+    assert rows[("outer", "cpu")]["self_ms"] == pytest.approx((50 + 10) / 2 / 1e3)
+    assert rows[("outer", "cpu")]["total_ms"] == pytest.approx(110 / 2 / 1e3)
+    assert rows[("inner", "cpu")]["self_ms"] == pytest.approx(51 / 2 / 1e3)
+    assert rows[("gemm", "device")]["self_ms"] == pytest.approx(20 / 1e3)
+    assert len(rows) == 3
+    text = format_summary(list(rows.values()))
+    assert "Self CPU" in text and "Self device" in text
+
+
+def test_recomputed_layers_give_the_same_training(tmp_path):
+    """Activation checkpointing changes memory, not numbers: same metrics and parameters."""
+    train(tmp_path / "plain", "train.steps=4")
+    trainer, _ = train(tmp_path / "recomputed", "train.steps=4", "train.recompute_layers=true")
+    assert trainer.model.recompute
+    assert metrics_without_time(tmp_path / "plain") == metrics_without_time(tmp_path / "recomputed")
+    assert same_state(final_params(tmp_path / "plain"), final_params(tmp_path / "recomputed"))
