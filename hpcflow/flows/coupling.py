@@ -14,12 +14,13 @@ active loop. Frozen loops contain no active link, so the context is computed onc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..lattice.loops import Path, path_product
+from ..lattice.loops import Path, gathered_product, path_indices, path_product
 from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
@@ -55,6 +56,10 @@ class GaugeCoupling(nn.Module):
     """One coupling layer: context from frozen loops, transform of active loops, link update.
 
     Works on the internal link form ``x: [B, Nd, *L, *E]`` of ``link_transform`` (U(1): angles).
+    Frozen loops are evaluated at every site by the path walker; the active loops of an update,
+    tabulated once at construction (:func:`path_indices`), by one gather
+    (:func:`gathered_product`), and all active links of the update move together in one
+    transform call and one ``index_copy``.
     """
 
     def __init__(self, plan: CouplingPlan, link_transform: LinkTransform, net: nn.Module):
@@ -63,31 +68,50 @@ class GaugeCoupling(nn.Module):
         self.net = net
         self.directions = plan.directions
         self.n_updates = len(plan.updates)
-        self.updates = [[(a.mu, a.path) for a in update] for update in plan.updates]
         self.feature_paths = [path for path, _ in plan.features]
-        # Masks are buffers: they follow the module to its device and into checkpoints.
-        for k, update in enumerate(plan.updates):
-            for i, a in enumerate(update):
-                self.register_buffer(f"sites_{k}_{i}", a.sites.clone(), persistent=False)
+        lattice = _lattice_shape(plan)
+        self.lattice = lattice
+        volume = math.prod(lattice)
+        # Tables are buffers: they follow the module to its device; not saved in checkpoints.
         for j, (_, sites) in enumerate(plan.features):
-            self.register_buffer(f"feature_sites_{j}", sites.clone(), persistent=False)
+            self._buffer(f"feature_sites_{j}", sites.clone())
+        # Update k: active loops of every assignment, the links they move, their parameters.
+        for k, update in enumerate(plan.updates):
+            index, backward, links, params = [], [], [], []
+            for a in update:
+                i, b = path_indices(a.path, lattice, a.sites)
+                site = i[:, 0] - a.mu * volume  # the first step is the active link itself
+                index.append(i)
+                backward.append(b)
+                links.append(i[:, 0])
+                params.append((k * len(self.directions) + self.directions.index(a.mu)) * volume
+                              + site)
+            self._buffer(f"update_index_{k}", torch.cat(index))
+            self._buffer(f"update_backward_{k}", torch.cat(backward))
+            self._buffer(f"update_links_{k}", torch.cat(links))
+            self._buffer(f"update_params_{k}", torch.cat(params))
 
-    def _sites(self, k: int, i: int) -> torch.Tensor:
-        return getattr(self, f"sites_{k}_{i}")
+    def _buffer(self, name: str, value: torch.Tensor) -> None:
+        self.register_buffer(name, value, persistent=False)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform parameters ``[B, K, len(directions), P, *L]`` from the frozen loops."""
+        """Transform parameters ``[B, K * len(directions) * V, P]`` from the frozen loops
+        (row ``(k * D + d) * V + site``: update ``k``, direction ``directions[d]``).
+
+        Frozen loops are needed at every site: the roll-based walker (contiguous copies) beats
+        a gather there on CPUs by ~5x on 4D lattices.
+        """
         lt = self.link_transform
         feats = []
         for j, path in enumerate(self.feature_paths):
             w = path_product(x, path, lt.algebra)
-            sites = getattr(self, f"feature_sites_{j}").to(w.dtype if w.is_floating_point()
-                                                            else w.real.dtype)
-            feats.append(lt.loop_features(w) * sites)
-        h = torch.cat(feats, dim=1)
-        out = self.net(h)
-        b, lattice = out.shape[0], out.shape[2:]
-        return out.reshape(b, self.n_updates, len(self.directions), lt.n_params, *lattice)
+            sites = getattr(self, f"feature_sites_{j}")
+            f = lt.loop_features(w)
+            feats.append(f * sites.to(f.dtype))
+        out = self.net(torch.cat(feats, dim=1))  # [B, K * D * P, *L]
+        b = out.shape[0]
+        return out.reshape(b, -1, lt.n_params, math.prod(self.lattice)).transpose(2, 3) \
+            .reshape(b, -1, lt.n_params)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x -> (x', log|det J|)``; ``log|det J|: [B]``."""
@@ -100,20 +124,25 @@ class GaugeCoupling(nn.Module):
     def _run(self, x, *, inverse: bool):
         lt = self.link_transform
         params = self.context(x)
-        logdet = x.new_zeros(x.shape[0], dtype=params.dtype)
+        shape = x.shape
+        flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
+        logdet = x.new_zeros(shape[0], dtype=params.dtype)
         order = range(self.n_updates - 1, -1, -1) if inverse else range(self.n_updates)
         for k in order:
             # Every loop of update k is read from the links before the update: no active loop
-            # holds another link of the layer, so the order inside an update is irrelevant.
-            new_links = list(x.unbind(1))
-            for i, (mu, path) in enumerate(self.updates[k]):
-                sites = self._sites(k, i)
-                w = path_product(x, path, lt.algebra)[:, sites]
-                p = params[:, k, self.directions.index(mu)].movedim(1, -1)[:, sites]
-                w_new, log_j = lt.transform(w, p, inverse=inverse)
-                u = new_links[mu].clone()
-                u[:, sites] = lt.update_link(u[:, sites], w, w_new)
-                new_links[mu] = u
-                logdet = logdet + log_j.sum(-1)
-            x = torch.stack(new_links, dim=1)
-        return x, logdet
+            # holds another link of the layer, so all of them move at once.
+            links = getattr(self, f"update_links_{k}")
+            w = gathered_product(flat, getattr(self, f"update_index_{k}"),
+                                 getattr(self, f"update_backward_{k}"), lt.algebra)
+            p = params.index_select(1, getattr(self, f"update_params_{k}"))
+            w_new, log_j = lt.transform(w, p, inverse=inverse)
+            flat = flat.index_copy(1, links, lt.update_link(flat.index_select(1, links), w, w_new))
+            logdet = logdet + log_j.sum(-1)
+        return flat.reshape(shape), logdet
+
+
+def _lattice_shape(plan: CouplingPlan) -> tuple[int, ...]:
+    for update in plan.updates:
+        for a in update:
+            return tuple(a.sites.shape)
+    return tuple(plan.features[0][1].shape)

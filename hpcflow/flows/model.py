@@ -65,8 +65,12 @@ class GaugeFlow(nn.Module):
         """``U -> (z, log|det J^-1|)``."""
         x = self.link_transform.to_internal(links)
         logdet = torch.zeros(links.shape[0], dtype=self.real_dtype, device=links.device)
+        recompute = self.recompute and torch.is_grad_enabled()  # path gradients differentiate it
         for layer in reversed(self.layers):
-            x, ld = layer.inverse(x)
+            if recompute:
+                x, ld = checkpoint(layer.inverse, x, use_reentrant=False)
+            else:
+                x, ld = layer.inverse(x)
             logdet = logdet + ld
         return self.link_transform.from_internal(x), logdet
 

@@ -46,6 +46,18 @@ class Algebra:
     def dagger(self, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reduce_path(self, links: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        """Ordered product along axis 2 of gathered links ``[B, n, len, *E] -> [B, n, *E]``,
+        daggering the steps where ``backward [n, len]`` is true."""
+        out = None
+        for s in range(links.shape[2]):
+            u = links[:, :, s]
+            if bool(backward[:, s].any()):
+                mask = backward[:, s].view(1, -1, *([1] * (u.dim() - 2)))
+                u = torch.where(mask, self.dagger(u), u)
+            out = u if out is None else self.mul(out, u)
+        return out
+
 
 class Angles(Algebra):
     """U(1) on angles: the product of phases is the sum of angles; the inverse is the negative."""
@@ -57,6 +69,10 @@ class Angles(Algebra):
 
     def dagger(self, a):
         return -a
+
+    def reduce_path(self, links, backward):
+        # A product of phases is a signed sum of angles: one fused operation.
+        return (links * (1.0 - 2.0 * backward.to(links.dtype))).sum(2)
 
 
 class Counts(Algebra):

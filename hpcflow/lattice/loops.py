@@ -26,6 +26,7 @@ of opposite corners). Talk: Boyda, Lattice 2021, "Frozen loops"; arXiv:2305.0240
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ __all__ = [
     "loops_of_shape",
     "link_offsets",
     "path_product",
+    "path_indices",
+    "gathered_product",
     "closed_loop_trace",
     "reroot",
     "reverse",
@@ -161,6 +164,46 @@ def path_product(links: torch.Tensor, path: Path, algebra: Algebra) -> torch.Ten
             u = algebra.dagger(u)
         out = u if out is None else algebra.mul(out, u)
     return out
+
+
+def path_indices(path: Path, shape, sites: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat link indices of a path based at each of ``sites``, for :func:`gathered_product`.
+
+    Links ``[B, Nd, *L, *E]`` flattened to ``[B, Nd * V, *E]`` (``V = prod(L)``): the link
+    ``U_mu(y)`` sits at ``mu * V + flat(y)``. ``sites``: bool ``[*L]`` (default: every site,
+    in flat order). Returns ``(index [n, len] int64, backward [n, len] bool)`` for the ``n``
+    selected base sites; ``backward`` marks the steps walked as ``U^dagger``. The walk is
+    :func:`link_offsets`, as for :func:`path_product`.
+    """
+    shape = tuple(shape)
+    nd, volume = len(shape), math.prod(shape)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"),
+                         dim=-1).reshape(volume, nd)
+    if sites is not None:
+        coords = coords[sites.reshape(volume)]
+    strides = torch.tensor([math.prod(shape[d + 1:]) for d in range(nd)])
+    extents = torch.tensor(shape)
+    index, backward = [], []
+    for mu, sign, y in link_offsets(path, nd):
+        flat = (torch.remainder(coords + torch.tensor(y), extents) * strides).sum(-1)
+        index.append(mu * volume + flat)
+        backward.append(torch.full((len(coords),), sign < 0))
+    return torch.stack(index, dim=1), torch.stack(backward, dim=1)
+
+
+def gathered_product(flat_links: torch.Tensor, index: torch.Tensor, backward: torch.Tensor,
+                     algebra: Algebra) -> torch.Tensor:
+    """Ordered products of many paths by one gather (tables from :func:`path_indices`).
+
+    ``flat_links: [B, Nd * V, *E]``; ``index``, ``backward``: ``[n, len]``. Returns
+    ``[B, n, *E]``, equal to :func:`path_product` at the tabulated base sites. The same
+    products as the walker, without one roll per step and per loop: the coupling layers
+    evaluate hundreds of loops per layer this way.
+    """
+    links = flat_links.index_select(1, index.reshape(-1))  # faster than flat_links[:, index]
+    return algebra.reduce_path(links.view(flat_links.shape[0], *index.shape,
+                                          *flat_links.shape[2:]), backward)
 
 
 def closed_loop_trace(links: torch.Tensor, path: Path, group) -> torch.Tensor:

@@ -46,6 +46,24 @@ __all__ = ["Trainer", "TrainResult", "model_seed"]
 _STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 
+def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
+    """``log q(U)`` by the inverse pass with the parameters held fixed: ``[B]``.
+
+    Differentiating ``log q_theta'(f_theta(z)) + S(f_theta(z))`` at ``theta' = theta`` gives the
+    path gradient of the reverse KL (Vaitl et al. 2022, arXiv:2206.09016): gradients reach the
+    parameters only through the sample ``U = f_theta(z)``, not through the score
+    ``d log q_theta / d theta`` at fixed ``U``, whose mean is zero.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return model.inverse(links)[1]
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def model_seed(seed: int) -> int:
     """Seed of the network initialization, derived from the master seed."""
     return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
@@ -140,7 +158,8 @@ class Trainer:
             z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
             u, logdet = model(z)
             log_q, s = -logdet, self.action(u)
-            ((log_q + s).sum() / len(local)).backward()
+            objective = path_log_prob(model, u) if tc.gradient == "path" else log_q
+            ((objective + s).sum() / len(local)).backward()
             log_w.append((-s - log_q).detach())
         comm.allreduce_gradients_(self.params)
         log_w = comm.allgather(torch.cat(log_w)).double().cpu().numpy()
