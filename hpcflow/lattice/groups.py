@@ -52,9 +52,9 @@ class Algebra:
         out = None
         for s in range(links.shape[2]):
             u = links[:, :, s]
-            if bool(backward[:, s].any()):
-                mask = backward[:, s].view(1, -1, *([1] * (u.dim() - 2)))
-                u = torch.where(mask, self.dagger(u), u)
+            # no data-dependent branch: a device tensor's .any() would synchronize a GPU
+            mask = backward[:, s].view(1, -1, *([1] * (u.dim() - 2)))
+            u = torch.where(mask, self.dagger(u), u)
             out = u if out is None else self.mul(out, u)
         return out
 

@@ -197,9 +197,9 @@ def gathered_product(flat_links: torch.Tensor, index: torch.Tensor, backward: to
     """Ordered products of many paths by one gather (tables from :func:`path_indices`).
 
     ``flat_links: [B, Nd * V, *E]``; ``index``, ``backward``: ``[n, len]``. Returns
-    ``[B, n, *E]``, equal to :func:`path_product` at the tabulated base sites. The same
-    products as the walker, without one roll per step and per loop: the coupling layers
-    evaluate hundreds of loops per layer this way.
+    ``[B, n, *E]``, equal to :func:`path_product` at the tabulated base sites. Meant for loops
+    needed at a subset of sites (a coupling layer's active loops): at every site the walker's
+    contiguous rolls are faster on CPUs than this random-access gather.
     """
     links = flat_links.index_select(1, index.reshape(-1))  # faster than flat_links[:, index]
     return algebra.reduce_path(links.view(flat_links.shape[0], *index.shape,

@@ -5,7 +5,8 @@ One step (PHYSICS.md, "Training and sampling"):
 1. every rank draws its share of the global batch of prior samples; sample ``i`` of step ``t``
    comes from its own stream ``(train.seed, t, i)``, so the numbers do not depend on the rank count;
 2. push them through the flow: ``U = f(z)``, ``log q(U) = -log|det J|``;
-3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward;
+3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward (with
+   ``train.gradient: path``, through ``log q`` re-evaluated by :func:`path_log_prob`);
 4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
    an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
    steps are skipped and counted.
