@@ -50,27 +50,21 @@ class GaugeFlow(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior links ``z -> (U, log|det J|)``, ``log|det J|: [B]``."""
-        x = self.link_transform.to_internal(z)
-        logdet = torch.zeros(z.shape[0], dtype=self.real_dtype, device=z.device)
-        recompute = self.recompute and torch.is_grad_enabled()
-        for layer in self.layers:
-            if recompute:
-                x, ld = checkpoint(layer, x, use_reentrant=False)
-            else:
-                x, ld = layer(x)
-            logdet = logdet + ld
-        return self.link_transform.from_internal(x), logdet
+        return self._through(z, list(self.layers))
 
     def inverse(self, links: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``U -> (z, log|det J^-1|)``."""
+        return self._through(links, [layer.inverse for layer in reversed(self.layers)])
+
+    def _through(self, links: torch.Tensor, maps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply layer maps ``x -> (x', log|det|)`` in order to public links; sum the log-dets.
+        With ``recompute`` and autograd on (training; the inverse pass of path gradients),
+        each map is activation-checkpointed."""
         x = self.link_transform.to_internal(links)
         logdet = torch.zeros(links.shape[0], dtype=self.real_dtype, device=links.device)
-        recompute = self.recompute and torch.is_grad_enabled()  # path gradients differentiate it
-        for layer in reversed(self.layers):
-            if recompute:
-                x, ld = checkpoint(layer.inverse, x, use_reentrant=False)
-            else:
-                x, ld = layer.inverse(x)
+        recompute = self.recompute and torch.is_grad_enabled()
+        for fn in maps:
+            x, ld = checkpoint(fn, x, use_reentrant=False) if recompute else fn(x)
             logdet = logdet + ld
         return self.link_transform.from_internal(x), logdet
 
