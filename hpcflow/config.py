@@ -206,7 +206,13 @@ class TrainConfig:
     walltime: str | float = ""
     """Stop in time to checkpoint before this much wall time, ``HH:MM:SS`` or seconds."""
     max_bad_steps: int = 10
-    """Consecutive non-finite steps tolerated (each is skipped) before the run stops."""
+    """Consecutive bad steps (non-finite, or over ``max_inverse_error``) tolerated, each
+    skipped, before the run stops."""
+    max_inverse_error: float = 1.0
+    """``gradient: path`` only: the largest ``|log q(forward) - log q(inverse)|`` (nats, any
+    sample) a step may have. The path gradient is valid only if the inverse pass reproduces
+    the forward map; a sharp float32 flow can lose it, and its path gradients then drive the
+    loss up. Such a step is skipped and counted as bad. 0 disables the check."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise reproducible runs and restarts."""
     tensorboard: bool = False
@@ -225,7 +231,7 @@ class TrainConfig:
                               f"between 0 and 1, got {self.milestones}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"{key}.gamma", f"expected a factor in (0, 1], got {self.gamma}")
-        for name in ("weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip", "max_inverse_error"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key}.{name}", "expected a non-negative number")
         for name in ("micro_batch_size", "eval_every", "max_bad_steps"):

@@ -9,7 +9,8 @@ One step (PHYSICS.md, "Training and sampling"):
    ``train.gradient: path``, through ``log q`` re-evaluated by :func:`path_log_prob`);
 4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
    an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
-   steps are skipped and counted.
+   steps, and path-gradient steps whose inverse pass misses the forward ``log q`` by more than
+   ``train.max_inverse_error``, are skipped and counted.
 
 Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch, atomic
 checkpoints with automatic resume, signals and wall time, plots at the end.
@@ -65,6 +66,12 @@ def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
             p.requires_grad_(True)
 
 
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b|`` as a Python float (``inf`` when not finite)."""
+    d = (a.detach() - b.detach()).abs().max().item()
+    return d if math.isfinite(d) else math.inf
+
+
 def model_seed(seed: int) -> int:
     """Seed of the network initialization, derived from the master seed."""
     return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
@@ -104,6 +111,7 @@ class Trainer:
         self.action = build_action(cfg)
         self.step = 0
         self.bad_steps = 0
+        self.bad_reason = ""
         self.skipped = 0
         self.elapsed_before = 0.0
         self.max_step_time = 0.0
@@ -153,13 +161,16 @@ class Trainer:
         micro = tc.micro_batch_size or len(local)
         lr = set_lr(self.optimizer, self.step, tc)
         self.optimizer.zero_grad(set_to_none=False)
-        log_w = []
+        log_w, inverse_error = [], 0.0
         for lo in range(local.start, local.stop, micro):
             idx = range(lo, min(lo + micro, local.stop))
             z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
             u, logdet = model(z)
             log_q, s = -logdet, self.action(u)
-            objective = path_log_prob(model, u) if tc.gradient == "path" else log_q
+            objective = log_q
+            if tc.gradient == "path":
+                objective = path_log_prob(model, u)
+                inverse_error = max(inverse_error, _max_abs_diff(objective, log_q))
             ((objective + s).sum() / len(local)).backward()
             log_w.append((-s - log_q).detach())
         comm.allreduce_gradients_(self.params)
@@ -168,16 +179,25 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
         loss = -float(log_w.mean())
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        if finite:
+        rec = {"step": self.step + 1, "loss": loss, "ess": ess(log_w),
+               "log_z": _log_mean_exp(log_w) if finite else None, "lr": lr,
+               "grad_norm": grad_norm}
+        self.bad_reason = "" if finite else "non-finite loss or gradient"
+        if tc.gradient == "path":
+            inverse_error = comm.allreduce_max(inverse_error)
+            rec["inverse_error"] = inverse_error
+            if finite and inverse_error > tc.max_inverse_error > 0:
+                self.bad_reason = (f"inverse pass off by {inverse_error:.3g} nats in log q > "
+                                   f"train.max_inverse_error = {tc.max_inverse_error}")
+        if not self.bad_reason:
             self.optimizer.step()
             self.bad_steps = 0
         else:
             self.bad_steps += 1
             self.skipped += 1
         self.step += 1
-        return {"step": self.step, "loss": loss, "ess": ess(log_w),
-                "log_z": _log_mean_exp(log_w) if finite else None, "lr": lr,
-                "grad_norm": grad_norm, "skipped": self.skipped}
+        rec["skipped"] = self.skipped
+        return rec
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -223,10 +243,10 @@ class Trainer:
                 if self.bad_steps > tc.max_bad_steps:
                     path = self.checkpoint()
                     raise HpcflowError(
-                        f"training diverged: {self.bad_steps} consecutive steps with a "
-                        f"non-finite loss or gradient (train.max_bad_steps = "
-                        f"{tc.max_bad_steps}); the last good state is in {path}; lower train.lr "
-                        f"or set train.grad_clip")
+                        f"training diverged: {self.bad_steps} consecutive bad steps (the "
+                        f"last: {self.bad_reason}; train.max_bad_steps = "
+                        f"{tc.max_bad_steps}); the last good state is in {path}; lower "
+                        f"train.lr, set train.grad_clip or use model.dtype: float64")
                 if comm.is_root and (self.step % tc.log_every == 0 or self.step == tc.steps
                                      or "eval_ess" in rec):
                     self.metrics.write(rec)

@@ -49,6 +49,7 @@ def test_resolved_yaml_round_trips(tmp_path):
         ("train.steps=1.5", "train.steps"),
         ("train.batch_size=0", "train.batch_size"),
         ("train.seed=true", "train.seed"),
+        ("train.max_inverse_error=-1", "train.max_inverse_error"),
         ("distributed.backend=nccl", "distributed.backend"),
         ("distributed.device=tpu", "distributed.device"),
         ("model.multi_update=0", "model.multi_update"),

@@ -316,3 +316,35 @@ def test_path_gradient_training_learns_and_recomputes_identically(tmp_path):
     train(tmp_path / "pr", "train.gradient=path", "train.recompute_layers=true")
     assert metrics_without_time(tmp_path / "pr") == m
     assert same_state(final_params(tmp_path / "p"), final_params(tmp_path / "pr"))
+    # the inverse pass reproduced the forward log q at every step
+    errors = [r["inverse_error"] for r in read_metrics(tmp_path / "p" / "metrics.jsonl")]
+    assert len(errors) == len(m) and max(errors) < 1e-3
+
+
+def _broken_inverse_trainer(run_dir, *extra):
+    """A path-gradient trainer whose inverse pass misses log q by 5 nats."""
+    cfg = load_config(None, TINY + ["train.gradient=path", *extra])
+    trainer = Trainer(cfg, run_dir, NoneComm(), log=lambda m: None)
+    inverse = trainer.model.inverse
+
+    def broken(links):
+        x, log_q = inverse(links)
+        return x, log_q + 5.0
+
+    trainer.model.inverse = broken
+    return trainer
+
+
+def test_path_steps_with_a_broken_inverse_are_skipped_then_stop(tmp_path):
+    trainer = _broken_inverse_trainer(tmp_path / "r", "train.max_bad_steps=2")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(HpcflowError, match="train.max_inverse_error"):
+        trainer.run()
+    assert trainer.skipped == 3
+    saved = load_model(tmp_path / "r").state_dict()
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+    # the check can be switched off: then the (wrong) steps are taken
+    trainer = _broken_inverse_trainer(tmp_path / "off", "train.max_inverse_error=0")
+    assert trainer.run().step == 12 and trainer.skipped == 0
+    errors = [r["inverse_error"] for r in read_metrics(tmp_path / "off" / "metrics.jsonl")]
+    assert all(abs(e - 5.0) < 1e-3 for e in errors)
