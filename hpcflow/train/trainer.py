@@ -66,9 +66,9 @@ def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
             p.requires_grad_(True)
 
 
-def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max |a - b|`` as a Python float (``inf`` when not finite)."""
-    d = (a.detach() - b.detach()).abs().max().item()
+def _max_abs(x: np.ndarray) -> float:
+    """``max |x|`` as a Python float (``inf`` when any entry is not finite)."""
+    d = float(np.abs(x).max())
     return d if math.isfinite(d) else math.inf
 
 
@@ -161,20 +161,22 @@ class Trainer:
         micro = tc.micro_batch_size or len(local)
         lr = set_lr(self.optimizer, self.step, tc)
         self.optimizer.zero_grad(set_to_none=False)
-        log_w, inverse_error = [], 0.0
+        path = tc.gradient == "path"
+        per_sample = []  # columns: log w, and |log q(forward) - log q(inverse)| for path
         for lo in range(local.start, local.stop, micro):
             idx = range(lo, min(lo + micro, local.stop))
             z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
             u, logdet = model(z)
             log_q, s = -logdet, self.action(u)
-            objective = log_q
-            if tc.gradient == "path":
-                objective = path_log_prob(model, u)
-                inverse_error = max(inverse_error, _max_abs_diff(objective, log_q))
+            objective = path_log_prob(model, u) if path else log_q
             ((objective + s).sum() / len(local)).backward()
-            log_w.append((-s - log_q).detach())
+            lw = -s - log_q
+            columns = [lw] + ([(objective - log_q).to(lw.dtype)] if path else [])
+            per_sample.append(torch.stack(columns, dim=1).detach())
         comm.allreduce_gradients_(self.params)
-        log_w = comm.allgather(torch.cat(log_w)).double().cpu().numpy()
+        # one collective for both columns; the host sees them once per step
+        gathered = comm.allgather(torch.cat(per_sample)).double().cpu().numpy()
+        log_w = gathered[:, 0]
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
         loss = -float(log_w.mean())
@@ -183,8 +185,8 @@ class Trainer:
                "log_z": _log_mean_exp(log_w) if finite else None, "lr": lr,
                "grad_norm": grad_norm}
         self.bad_reason = "" if finite else "non-finite loss or gradient"
-        if tc.gradient == "path":
-            inverse_error = comm.allreduce_max(inverse_error)
+        if path:
+            inverse_error = _max_abs(gathered[:, 1])
             rec["inverse_error"] = inverse_error
             if finite and inverse_error > tc.max_inverse_error > 0:
                 self.bad_reason = (f"inverse pass off by {inverse_error:.3g} nats in log q > "

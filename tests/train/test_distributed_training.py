@@ -89,13 +89,31 @@ def test_killed_rank_ends_job_and_run_resumes(tmp_path):
 def test_two_ranks_reproduce_one_process_su3(tmp_path):
     """The same for an SU(3) flow (spectral transforms): 2 ranks give the single-process loss
     and ESS to 1e-10."""
-    extra = ("lattice.group=SU3", "train.steps=6", "train.eval_every=3")
-    ref = tmp_path / "one"
-    res = run_worker(ref, "none", 1, *extra)
+    _one_and_two_ranks_agree(tmp_path, ("lattice.group=SU3", "train.steps=6",
+                                         "train.eval_every=3"), ("loss", "ess", "eval_ess"))
+
+
+def _one_and_two_ranks_agree(tmp_path, extra, keys):
+    """Run the worker on 1 process and on 2 MPI ranks; the metrics ``keys`` agree to 1e-10
+    relative. Returns the two run directories."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = run_worker(one, "none", 1, *extra)
     assert res.returncode == 0, res.stderr
-    res = run_worker(tmp_path / "two", "mpi", 2, *extra)
+    res = run_worker(two, "mpi", 2, *extra)
     assert res.returncode == 0, res.stdout + res.stderr
-    for key in ("loss", "ess", "eval_ess"):
-        a, b = _series(ref, key), _series(tmp_path / "two", key)
-        assert len(a) == len(b) > 0
+    for key in keys:
+        a, b = _series(one, key), _series(two, key)
+        assert len(a) == len(b) > 0, key
         assert all(abs(x - y) <= 1e-10 * max(abs(x), 1e-300) for x, y in zip(a, b, strict=True))
+    return one, two
+
+
+def test_two_ranks_reproduce_one_process_path_gradient(tmp_path):
+    """Path gradients (inverse pass per step, per-sample inverse errors gathered with the
+    weights): 2 ranks give the single-process loss, ESS and gradient norm to 1e-10, and the
+    same (round-off sized) inverse errors."""
+    one, two = _one_and_two_ranks_agree(
+        tmp_path, ("train.gradient=path", "train.steps=8", "train.eval_every=4"),
+        ("loss", "ess", "grad_norm", "eval_ess"))
+    a, b = _series(one, "inverse_error"), _series(two, "inverse_error")
+    assert len(a) == len(b) > 0 and max(a + b) < 1e-9
