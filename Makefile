@@ -36,11 +36,11 @@ run: install
 	$(BIN)/hpcflow analyze $(RUN_DIR)/samples/samples.h5
 
 lint: install
-	$(BIN)/ruff check hpcflow tests perf launch
+	$(BIN)/ruff check .
 
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 test: lint horovod
-	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 

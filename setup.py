@@ -1,4 +1,4 @@
-"""hpcflow: gauge-equivariant normalizing flows for lattice gauge theory in 2, 3 and 4 dimensions."""
+"""hpcflow: sampling lattice gauge theory in 2, 3 and 4 dimensions (package metadata)."""
 
 import re
 from pathlib import Path

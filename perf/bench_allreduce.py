@@ -59,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ inside mpiexec
 def worker(args: argparse.Namespace) -> int:
-    from hpcflow.config import DistributedConfig
-    from hpcflow.dist import make_communicator
+    from hpcflow.app.config import DistributedConfig
+    from hpcflow.distributed import make_communicator
 
     comm = make_communicator(DistributedConfig(backend=args.worker, device=args.device,
                                                threads=1))

@@ -4,7 +4,7 @@ Cases: U(1) 2D 16x16, SU(3) 4D 4^4 and 8^4, each with a batch of 1 and 16 chains
 Omelyan integrator with 10 steps (21 force evaluations, 20 link exponentials, one
 re-projection and two actions per trajectory). ``traj/s`` counts batched trajectories (every
 chain advances once); ``chain-traj/s`` multiplies by the batch; ``force/s`` is one batched
-force evaluation (:func:`hpcflow.sample.hmc.force`). Prints a table and writes JSON.
+force evaluation (:func:`hpcflow.updates.hmc.force`). Prints a table and writes JSON.
 
     python perf/bench_hmc.py [--device cpu|cuda] [--threads N] [--repeats 3] [--quick]
                              [--out perf/out/bench_hmc.json]
@@ -35,7 +35,7 @@ N_STEPS = 10
 def run_case(case: dict, device: str, repeats: int) -> dict:
     from hpcflow.lattice.action import GaugeAction
     from hpcflow.lattice.groups import get_group
-    from hpcflow.sample.hmc import HMC, force
+    from hpcflow.updates.hmc import HMC, force
 
     dev = torch.device(device)
     group = get_group(case["group"])

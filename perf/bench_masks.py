@@ -32,7 +32,7 @@ CASES = [
 
 
 def run_case(case: dict, repeats: int) -> dict:
-    from hpcflow.config import ModelConfig
+    from hpcflow.app.config import ModelConfig
     from hpcflow.masks import build_layer, build_schedule
 
     cfg = ModelConfig(layers=case["layers"], multi_update=case["multi_update"])

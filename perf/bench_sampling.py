@@ -2,7 +2,7 @@
 
 For each configuration, every rank generates its share of the proposals in batches (flow
 forward pass without autograd, action, independence Metropolis), once without writing and once
-through ``hpcflow.sample.sampler.run_sampling`` (shards + master file, fsync after each batch).
+through ``hpcflow.app.sample.run_sampling`` (shards + master file, fsync after each batch).
 The flow is a randomized untrained one of the configuration: the cost does not depend on the
 training. The script re-launches itself under ``mpiexec -n 2`` for the 2-rank figures.
 
@@ -32,9 +32,9 @@ DEFAULT = ["configs/u1_2d.yaml", "configs/u1_3d.yaml", "configs/u1_4d.yaml"]
 
 def generate_only(model, action, mine: range, batch: int) -> None:
     """Everything ``run_sampling`` does for this rank's proposals, except the writing."""
+    from hpcflow.app.sample import metropolis_uniforms
+    from hpcflow.estimators import independence_metropolis
     from hpcflow.flows.prior import STREAM_SAMPLE
-    from hpcflow.sample.metropolis import independence_metropolis
-    from hpcflow.sample.sampler import metropolis_uniforms
 
     state_lw, state_idx = None, -1
     for lo in range(0, len(mine), batch):
@@ -51,8 +51,8 @@ def generate_only(model, action, mine: range, batch: int) -> None:
 
 def worker(configs: list[str], n: int, batch: int) -> list[dict]:
     from hpcflow import build_action, build_model, load_config
-    from hpcflow.dist import make_communicator
-    from hpcflow.sample.sampler import rank_indices, run_sampling
+    from hpcflow.app.sample import rank_indices, run_sampling
+    from hpcflow.distributed import make_communicator
 
     rows = []
     for path in configs:

@@ -39,8 +39,8 @@ AURORA = {"ranks_per_node": 12, "node_bandwidth_GBps": 200.0, "alpha_s": 10e-6}
 
 def worker(config: str, backend: str, batch: int, steps: int, out: Path) -> None:
     from hpcflow import load_config
-    from hpcflow.dist import make_communicator
-    from hpcflow.train.trainer import Trainer
+    from hpcflow.app.train import Trainer
+    from hpcflow.distributed import make_communicator
 
     cfg = load_config(config, [f"distributed.backend={backend}", f"train.batch_size={batch}",
                                "train.eval_every=0", "train.plot=false", "distributed.threads=1"])

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_json  # noqa: E402
 
 from hpcflow import load_config  # noqa: E402
-from hpcflow.dist import NoneComm  # noqa: E402
+from hpcflow.app.metrics import read_metrics  # noqa: E402
+from hpcflow.app.train import Trainer  # noqa: E402
+from hpcflow.distributed import NoneComm  # noqa: E402
 from hpcflow.lattice import exact  # noqa: E402
-from hpcflow.train.metrics import read_metrics  # noqa: E402
-from hpcflow.train.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:

@@ -63,3 +63,21 @@ def su_basis(n: int) -> torch.Tensor:
         d[:k], d[k] = 1.0, -float(k)
         ts.append(torch.diag(1j * d / math.sqrt(k * (k + 1))))
     return torch.stack(ts)
+
+
+def run_ctx(run_dir=None, comm=None, *, messages: list | None = None):
+    """A quiet run context (no terminal output) for one process, or for ``comm``;
+    ``messages`` collects what the command logs."""
+    import logging
+
+    from hpcflow.app.context import RunContext
+    from hpcflow.distributed import NoneComm
+
+    ctx = RunContext(comm or NoneComm(device="cpu"), run_dir, terminal=False)
+    if messages is not None:
+        class _Collect(logging.Handler):
+            def emit(self, record):
+                messages.append(record.getMessage())
+
+        ctx.log.addHandler(_Collect())
+    return ctx

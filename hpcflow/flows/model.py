@@ -7,24 +7,22 @@ inverse pass, so it accepts any configuration (an HMC one, say) and is gauge inv
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..lattice.groups import Group, get_group
+from ..lattice.groups import Group
+from ..masks import Schedule
+from ..nn import build_context_net
 from .coupling import Assignment, CouplingPlan, GaugeCoupling
 from .prior import STREAM_SAMPLE, haar_prior
-from .transforms import LinkTransform, make_link_transform
+from .spectral import SUNTransform
+from .transforms import LinkTransform, U1Transform
 
-__all__ = ["GaugeFlow", "build_model", "plan_from_layer"]
-
-_DTYPES = {
-    "float32": (torch.float32, torch.complex64),
-    "float64": (torch.float64, torch.complex128),
-}
+__all__ = ["GaugeFlow", "build_flow", "make_link_transform", "plan_from_layer"]
 
 
 class GaugeFlow(nn.Module):
@@ -78,12 +76,15 @@ class GaugeFlow(nn.Module):
         return haar_prior(self.group, self.shape, indices, seed=seed, stream=stream, step=step,
                           dtype=self.complex_dtype, device=self.device)
 
-    def sample(self, n: int, *, seed: int = 0, stream: int = STREAM_SAMPLE, start: int = 0,
-               step: int = 0, batch_size: int | None = None):
+    def sample(self, n: int, *, seed: int | None = None, stream: int = STREAM_SAMPLE,
+               start: int = 0, step: int = 0, batch_size: int | None = None):
         """Draw samples ``start .. start+n-1`` of a stream without autograd graphs.
 
-        Returns ``(U [n, Nd, *L, Nc, Nc], log_q [n])``.
+        ``seed=None``: a fresh random seed, so that two calls give two ensembles; a given seed
+        reproduces its ensemble. Returns ``(U [n, Nd, *L, Nc, Nc], log_q [n])``.
         """
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
         batch_size = batch_size or n
         out_u, out_lq = [], []
         with torch.no_grad():
@@ -106,34 +107,36 @@ def plan_from_layer(layer) -> CouplingPlan:
                         directions=tuple(layer.pattern.directions))
 
 
-def build_model(cfg) -> GaugeFlow:
-    """An untrained flow for a configuration (CONTRACTS.md: ``hpcflow.build_model``).
+def make_link_transform(group: Group, kind: str = "spline", bins: int = 8) -> LinkTransform:
+    """The transform family of a group: U(1) circular splines (``kind="spline"``) or NCP
+    mixtures (``"ncp"``); SU(2)/SU(3) spectral splines. Other choices raise ``ValueError``."""
+    if group.nc == 1:
+        return U1Transform(kind, bins)
+    if kind != "spline":
+        raise ValueError(f"the {kind!r} transform exists for U(1) only; SU(N) flows use "
+                         "spectral splines")
+    return SUNTransform(group, bins)
 
-    The last layer of every context network starts at zero, so a new flow is the identity map
-    and its ``log q`` is exactly zero.
+
+def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", bins: int = 8,
+               hidden: Sequence[int] = (32, 32), kernel_size: int = 3,
+               activation: str = "tanh", conv: str = "full", rank: int = 8,
+               dtype: torch.dtype = torch.float32) -> GaugeFlow:
+    """An untrained flow on the lattice of ``schedule`` (:func:`hpcflow.masks.build_schedule`):
+    one coupling layer per mask layer, each with its context network
+    (:func:`hpcflow.nn.build_context_net` with ``hidden``, ``kernel_size``, ``activation``,
+    ``conv``, ``rank``). The last layer of every context network starts at zero, so a new flow
+    is the identity map and its ``log q`` is exactly zero.
     """
-    from ..masks import build_schedule
-    from ..nn import build_context_net
-
-    group = get_group(cfg.lattice.group)
-    shape = tuple(cfg.lattice.shape)
-    m = cfg.model
-    real, _ = _DTYPES[m.dtype]
-    if group.name != "U1" and real == torch.float32:
-        warnings.warn(
-            f"model.dtype float32 with {group.name}: a trained float32 spectral flow can lose its "
-            f"inverse (NaN or biased log q, perf/RESULTS.md 'Known problem'); use model.dtype: "
-            f"float64 for SU(N)", stacklevel=2)
-    link_transform = make_link_transform(group, m.transform, m.bins)
-    schedule = build_schedule(shape, m, key="model")
+    shape = tuple(schedule.shape)
+    link_transform = make_link_transform(group, transform, bins)
     layers = []
     for layer in schedule.layers:
         plan = plan_from_layer(layer)
         in_ch = link_transform.n_features * len(plan.features)
         out_ch = len(plan.updates) * len(plan.directions) * link_transform.n_params
-        net = build_context_net(
-            len(shape), in_ch, out_ch, hidden=tuple(m.net.hidden), kernel_size=m.net.kernel_size,
-            activation=m.net.activation, conv=m.net.conv, rank=m.net.rank, dtype=real,
-        )
+        net = build_context_net(len(shape), in_ch, out_ch, hidden=tuple(hidden),
+                                kernel_size=kernel_size, activation=activation, conv=conv,
+                                rank=rank, dtype=dtype)
         layers.append(GaugeCoupling(plan, link_transform, net))
-    return GaugeFlow(group, shape, link_transform, layers, dtype=real)
+    return GaugeFlow(group, shape, link_transform, layers, dtype=dtype)

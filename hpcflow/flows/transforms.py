@@ -20,7 +20,7 @@ import torch
 from ..lattice.groups import U1, Algebra, Angles, Group
 from .splines import circular_rqs, n_params_circular, n_params_ncp, ncp_mixture
 
-__all__ = ["LinkTransform", "U1Transform", "make_link_transform"]
+__all__ = ["LinkTransform", "U1Transform"]
 
 
 class LinkTransform:
@@ -83,16 +83,3 @@ class U1Transform(LinkTransform):
 
     def update_link(self, u, w_old, w_new):
         return torch.remainder(u + (w_new - w_old), 2 * math.pi)
-
-
-def make_link_transform(group: Group, kind: str, bins: int) -> LinkTransform:
-    """The transform family of a group: U(1) circular splines, SU(2)/SU(3) spectral maps
-    (``spectral.py``); other N raise ``ValueError``."""
-    if group.nc == 1:
-        return U1Transform(kind, bins)
-    if kind != "spline":
-        raise ValueError(f"model.transform={kind!r} exists for U(1) only; SU(N) flows use "
-                         "spectral splines (model.transform=spline)")
-    from .spectral import SUNTransform
-
-    return SUNTransform(group, bins)

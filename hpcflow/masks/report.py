@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..lattice.loops import loops_of_shape
 from .checkerboard import pattern_label
 from .loopmask import loop_counts
-from .schedule import Schedule, build_schedule
+from .schedule import Schedule
 
-__all__ = ["describe_schedule", "plot_schedule", "run_masks_command"]
+__all__ = ["describe_schedule", "plot_schedule"]
 
 _ABBREV = {"plaquette": "plaq", "rectangle": "rect", "chair": "chair", "crown": "crown"}
 
@@ -124,19 +125,4 @@ def plot_schedule(schedule: Schedule, path: str | Path, layers=None) -> Path:
 
 
 def _plaquettes_01(nd: int):
-    from ..lattice.loops import loops_of_shape
-
     return [loops_of_shape("plaquette", nd)[0]]  # combinations order: (0, 1) comes first
-
-
-def run_masks_command(cfg, plot_path: str | Path | None = None) -> str:
-    """``hpcflow masks CONFIG [--plot FILE]``: validate, describe and (optionally) draw.
-
-    ``cfg``: a validated :class:`hpcflow.config.Config`. Raises ``ConfigError`` like
-    :func:`build_schedule`; returns the text to print.
-    """
-    schedule = build_schedule(cfg.lattice.shape, cfg.model, key="model")
-    text = describe_schedule(schedule)
-    if plot_path is not None:
-        text += f"\nplot written to {plot_schedule(schedule, plot_path)}"
-    return text

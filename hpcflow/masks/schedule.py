@@ -1,11 +1,11 @@
-"""Layer schedules: the masks of every coupling layer, built and validated from the config.
+"""Layer schedules: the masks of every coupling layer, built and validated.
 
-Layer ``i`` uses pattern ``p = i % P`` of the ``P`` patterns with offset ``(i // P) % width_p``
-(``hpcflow.config.ModelConfig``); the default number of layers, ``P * max(width)``, is one full
-cycle in which every pattern meets each of its offsets. Per layer the schedule holds the active
+Layer ``i`` uses pattern ``p = i % P`` of the ``P`` patterns with offset ``(i // P) % width_p``;
+the default number of layers, ``P * max(width)``, is one full cycle in which every pattern
+meets each of its offsets. Per layer the schedule holds the active
 links, the active loops that update them and the frozen loops that feed the context network.
 
-Invariants that make the coupling layer exact (PHYSICS.md, "Gauge-equivariant coupling layer"),
+Invariants that make the coupling layer exact (docs/physics.md, "Gauge-equivariant coupling layer"),
 checked by the tests on every default schedule:
 
 * every active loop holds exactly one active link of its layer (its own), so ``W = U S`` with
@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import MaskPattern, ModelConfig
-from ..errors import ConfigError
 from ..lattice.loops import LOOP_SHAPES, loops_of_shape, shift
-from .checkerboard import check_pattern, default_patterns, link_mask
+from .checkerboard import MaskError, MaskPattern, check_pattern, default_patterns, link_mask
 from .loopmask import (
     ActiveLoop,
     FrozenLoop,
@@ -118,12 +116,11 @@ class Schedule:
 
 def build_layer(shape, pattern: MaskPattern, offset: int, *, active_shapes=("plaquette",),
                 feature_shapes=None, multi_update: int = 1, index: int = 0,
-                pattern_index: int = 0, key: str = "model.masks[0]",
-                multi_update_key: str = "model.multi_update") -> LayerMask:
+                pattern_index: int = 0, key: str = "patterns[0]") -> LayerMask:
     """The masks of one layer for a pattern (assumed valid, see ``check_pattern``) and offset.
 
-    Raises :class:`ConfigError` naming ``key`` if an active link has no active loop of some shape
-    and ``multi_update_key`` if it has fewer than ``multi_update`` of them.
+    Raises :class:`MaskError` with field ``key`` if an active link has no active loop of some
+    shape and ``multi_update`` if it has fewer than ``multi_update`` of them.
     """
     shape = tuple(shape)
     nd = len(shape)
@@ -145,15 +142,15 @@ def build_layer(shape, pattern: MaskPattern, offset: int, *, active_shapes=("pla
             n_short = int((have < multi_update).sum())
             link = _first_link(active, candidates_per_link(active, cands) < multi_update)
             if lo == 0:
-                raise ConfigError(
+                raise MaskError(
                     key,
                     f"{where}: {n_short} active links (e.g. {link}) have no {s} with exactly one "
                     f"active link, so they cannot be updated; every {s} through them holds "
                     f"another active link: change the pattern (fewer directions, other steps) or "
                     f"the active_loops",
                 )
-            raise ConfigError(
-                multi_update_key,
+            raise MaskError(
+                "multi_update",
                 f"{multi_update} sequential updates need {multi_update} active {s}s per active "
                 f"link, but in {where} {n_short} active links (e.g. {link}) have only {lo}; "
                 f"lower multi_update to {lo} or choose another pattern",
@@ -216,66 +213,65 @@ def _first_link(active: torch.Tensor, where: torch.Tensor) -> str:
 
 
 def _check_shapes(names, nd: int, key: str) -> tuple[str, ...]:
+    if not names:
+        raise MaskError(key, "expected at least one loop shape, e.g. [plaquette]")
     for i, s in enumerate(names):
         if s not in LOOP_SHAPES:
-            raise ConfigError(f"{key}[{i}]", f"expected one of {', '.join(LOOP_SHAPES)}, got {s!r}")
+            raise MaskError(f"{key}[{i}]", f"expected one of {', '.join(LOOP_SHAPES)}, got {s!r}")
         if s not in shapes_for(nd):
-            raise ConfigError(f"{key}[{i}]", f"a {s} needs three lattice directions; this "
-                                             f"lattice has Nd = {nd}")
+            raise MaskError(f"{key}[{i}]", f"a {s} needs three lattice directions; this "
+                                           f"lattice has Nd = {nd}")
     if len(set(names)) != len(names):
-        raise ConfigError(key, f"expected distinct loop shapes, got {list(names)}")
+        raise MaskError(key, f"expected distinct loop shapes, got {list(names)}")
     return tuple(names)
 
 
-def build_schedule(shape, model_cfg: ModelConfig, key: str = "model", *,
+def build_schedule(shape, patterns: list[MaskPattern] | None = None, *, layers: int = 0,
+                   active_shapes=("plaquette",), feature_shapes=None, multi_update: int = 1,
                    require_coverage: bool = True) -> Schedule:
-    """All layer masks of the flow for the lattice ``shape`` and the config's ``model`` section.
+    """All layer masks of a flow on the lattice ``shape``.
 
-    Layers: ``model_cfg.layers`` or one full cycle (``P * max(width)``); patterns:
-    ``model_cfg.masks`` or :func:`default_patterns`; active-loop shapes ``model_cfg.active_loops``;
-    features ``model_cfg.features`` or every shape the lattice has. Raises :class:`ConfigError`
-    naming ``lattice.shape``, ``{key}.masks[i]...``, ``{key}.active_loops``, ``{key}.features``,
-    ``{key}.multi_update`` or ``{key}.layers`` for every configuration that cannot be exact or
-    leaves links that are never updated (``require_coverage=False`` lets a test or a study
-    build fewer layers than a full cycle; the flow keeps the default).
+    ``layers``: number of layers, 0 for one full cycle (``P * max(width)``); ``patterns``:
+    the mask patterns, ``None`` (or empty) for :func:`default_patterns`; ``active_shapes``: the
+    loop shapes that update links; ``feature_shapes``: frozen-loop shapes for the context,
+    ``None`` for every shape the lattice has; ``multi_update``: sequential updates per active
+    link and layer. Raises :class:`MaskError` (field ``shape``, ``patterns[i]...``,
+    ``active_shapes``, ``feature_shapes``, ``multi_update`` or ``layers``) for every choice
+    that cannot be exact or leaves links that are never updated (``require_coverage=False``
+    lets a test or a study build fewer layers than a full cycle).
     """
     shape = tuple(int(x) for x in shape)
     nd = len(shape)
-    if not model_cfg.active_loops:
-        raise ConfigError(f"{key}.active_loops", "expected at least one loop shape, e.g. "
-                                                 "[plaquette]")
-    active_shapes = _check_shapes(list(model_cfg.active_loops), nd, f"{key}.active_loops")
-    feature_shapes = (_check_shapes(list(model_cfg.features), nd, f"{key}.features")
-                      if model_cfg.features else shapes_for(nd))
-    if model_cfg.multi_update < 1:
-        raise ConfigError(f"{key}.multi_update",
-                          f"expected a positive integer, got {model_cfg.multi_update}")
-    if model_cfg.layers < 0:
-        raise ConfigError(f"{key}.layers", f"expected a non-negative integer, got "
-                                           f"{model_cfg.layers}")
-    if model_cfg.masks:
-        patterns = list(model_cfg.masks)
+    active_shapes = _check_shapes(list(active_shapes), nd, "active_shapes")
+    feature_shapes = (_check_shapes(list(feature_shapes), nd, "feature_shapes")
+                      if feature_shapes else shapes_for(nd))
+    if multi_update < 1:
+        raise MaskError("multi_update", f"expected a positive integer, got {multi_update}")
+    if layers < 0:
+        raise MaskError("layers", f"expected a non-negative integer, got {layers}")
+    if patterns:
+        patterns = list(patterns)
         for i, p in enumerate(patterns):
-            check_pattern(shape, p, f"{key}.masks[{i}]")
-        pattern_key = f"{key}.masks[{{}}]"
+            check_pattern(shape, p, f"patterns[{i}]")
+        pattern_key = "patterns[{}]"
     else:
         patterns = default_patterns(shape)
-        pattern_key = f"{key}.active_loops"  # the defaults are fine; the loop shapes are not
+        pattern_key = "active_shapes"  # the defaults are fine; the loop shapes are not
     n_pat = len(patterns)
     full_cycle = n_pat * max(p.width for p in patterns)
-    n_layers = model_cfg.layers or full_cycle
+    n_layers = layers or full_cycle
 
     # Coverage first: it needs only the link masks, and an uncovered link is the likelier error.
     schedule = [(i % n_pat, (i // n_pat) % patterns[i % n_pat].width) for i in range(n_layers)]
     ever = _ever_active(shape, patterns, schedule)
     if require_coverage and not bool(ever.all()):
-        _refuse_uncovered(shape, patterns, schedule, full_cycle, ever, model_cfg, key)
+        _refuse_uncovered(shape, patterns, schedule, full_cycle, ever, layers)
 
     # Layers of one pattern differ by their offset, i.e. by a lattice translation: build the
     # first offset of each pattern, move it for the others (4x fewer walks with width 4).
     built: dict[tuple[int, int], LayerMask] = {}
     first: dict[int, LayerMask] = {}
-    layers = []
+    out = []
     for i, (p, offset) in enumerate(schedule):
         if (p, offset) not in built:
             t = translation(patterns[p], shape, first[p].offset, offset) if p in first else None
@@ -284,19 +280,18 @@ def build_schedule(shape, model_cfg: ModelConfig, key: str = "model", *,
             else:
                 built[p, offset] = build_layer(
                     shape, patterns[p], offset, active_shapes=active_shapes,
-                    feature_shapes=feature_shapes, multi_update=model_cfg.multi_update,
-                    index=i, pattern_index=p, key=pattern_key.format(p),
-                    multi_update_key=f"{key}.multi_update")
+                    feature_shapes=feature_shapes, multi_update=multi_update,
+                    index=i, pattern_index=p, key=pattern_key.format(p))
                 first.setdefault(p, built[p, offset])
-        layers.append(dataclasses.replace(built[p, offset], index=i))
+        out.append(dataclasses.replace(built[p, offset], index=i))
 
-    per_layer = len(active_shapes) * model_cfg.multi_update
+    per_layer = len(active_shapes) * multi_update
     coverage = torch.zeros((nd, *shape), dtype=torch.int64)
-    for layer in layers:
+    for layer in out:
         coverage += per_layer * layer.active
-    return Schedule(shape=shape, layers=layers, coverage=coverage, patterns=patterns,
+    return Schedule(shape=shape, layers=out, coverage=coverage, patterns=patterns,
                     active_shapes=active_shapes, feature_shapes=feature_shapes,
-                    multi_update=model_cfg.multi_update)
+                    multi_update=multi_update)
 
 
 def _ever_active(shape, patterns, schedule) -> torch.Tensor:
@@ -308,8 +303,8 @@ def _ever_active(shape, patterns, schedule) -> torch.Tensor:
     return ever
 
 
-def _refuse_uncovered(shape, patterns, schedule, full_cycle, ever, model_cfg, key):
-    """Raise a ConfigError that says how many links are never updated and why."""
+def _refuse_uncovered(shape, patterns, schedule, full_cycle, ever, layers):
+    """Raise a MaskError that says how many links are never updated and why."""
     nd = len(shape)
     missing = ~ever
     parts = []
@@ -327,11 +322,11 @@ def _refuse_uncovered(shape, patterns, schedule, full_cycle, ever, model_cfg, ke
         parts.append(f"direction {mu}: {n} links ({detail})")
     msg = (f"{int(missing.sum())} of {missing.numel()} links are never updated in "
            f"{len(schedule)} layers: " + "; ".join(parts))
-    if model_cfg.layers and model_cfg.layers < full_cycle:
+    if layers and layers < full_cycle:
         n_pat = len(patterns)
         cycle = [(i % n_pat, (i // n_pat) % patterns[i % n_pat].width) for i in range(full_cycle)]
         if bool(_ever_active(shape, patterns, cycle).all()):
-            raise ConfigError(f"{key}.layers", f"{msg}; use at least the full cycle of "
-                                               f"{full_cycle} layers (or 0 for one cycle)")
-    raise ConfigError(f"{key}.masks", f"{msg}; add patterns (or directions) that make those "
+            raise MaskError("layers", f"{msg}; use at least the full cycle of "
+                                      f"{full_cycle} layers (or 0 for one cycle)")
+    raise MaskError("patterns", f"{msg}; add patterns (or directions) that make those "
                                       f"links active")

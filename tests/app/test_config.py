@@ -3,7 +3,7 @@
 import pytest
 
 from hpcflow import ConfigError, InputFileError, load_config
-from hpcflow.config import apply_overrides
+from hpcflow.app.config import apply_overrides
 
 MINIMAL = ["lattice.shape=[8, 8]", "lattice.group=U1", "action.beta=2.0"]
 
@@ -25,7 +25,8 @@ def test_yaml_file_and_overrides(tmp_path):
 
 
 def test_resolved_yaml_round_trips(tmp_path):
-    cfg = load_config(None, MINIMAL + ["model.masks=[{directions: [0], steps: [0, 1], width: 4}]"])
+    cfg = load_config(None, MINIMAL + ["model.masks=[{directions: [0], steps: [0, 1], width: 4}, "
+                                       "{directions: [1], steps: [1, 0], width: 2}]"])
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg

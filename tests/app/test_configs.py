@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcflow import load_config
-from hpcflow.flows.model import build_model
-from hpcflow.masks.schedule import build_schedule
+from hpcflow import build_model, load_config
+from hpcflow.app.config import mask_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*.yaml"))
@@ -36,6 +35,6 @@ def test_small_config_builds_and_samples(path):
 @pytest.mark.parametrize("path", CLUSTER)
 def test_cluster_config_loads_and_masks_cover_the_lattice(path):
     cfg = load_config(ROOT / path)
-    schedule = build_schedule(cfg.lattice.shape, cfg.model)
+    schedule = mask_schedule(cfg)
     assert len(schedule.layers) == cfg.model.layers
     assert int(schedule.coverage.min()) > 0

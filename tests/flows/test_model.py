@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from hpcflow import load_config
-from hpcflow.flows.model import build_model
+from hpcflow import build_model, load_config
 from hpcflow.lattice.groups import gauge_transform, random_gauge
 from tests.helpers import su_basis
 
@@ -186,8 +185,9 @@ def test_sun_logdet_equals_lie_algebra_jacobian_whole_flow(nc):
     assert logabs.item() == pytest.approx(logdet.item(), abs=1e-8)
 
 
-def test_float32_sun_flow_warns():
-    cfg = load_config(None, ["lattice.shape=[4, 4]", "lattice.group=SU2", "action.beta=1.0",
-                             "model.dtype=float32", "model.net.hidden=[4]"])
+def test_float32_sun_flow_warns_and_float64_is_the_default():
+    base = ["lattice.shape=[4, 4]", "lattice.group=SU2", "action.beta=1.0", "model.net.hidden=[4]"]
     with pytest.warns(UserWarning, match="model.dtype: float64"):
-        build_model(cfg)
+        load_config(None, base + ["model.dtype=float32"])
+    assert load_config(None, base).model.dtype == "float64"
+    assert load_config(None, base + ["lattice.group=U1"]).model.dtype == "float32"

@@ -331,7 +331,6 @@ def test_float32_round_trip():
 def test_coupling_layer_su3_invertible_and_gauge_invariant():
     """One GaugeCoupling with SUNTransform on a 4x4 SU(3) lattice: the inverse undoes it, the
     output is gauge covariant and log|det J| is gauge invariant."""
-    from hpcflow.config import ModelConfig
     from hpcflow.flows.coupling import GaugeCoupling
     from hpcflow.flows.model import plan_from_layer
     from hpcflow.lattice.groups import gauge_transform, random_gauge
@@ -341,8 +340,7 @@ def test_coupling_layer_su3_invertible_and_gauge_invariant():
     g = SUN(3)
     lt = SUNTransform(g, bins=4, modes=2)
     shape = (4, 4)
-    schedule = build_schedule(shape, ModelConfig(layers=1, multi_update=2),
-                              require_coverage=False)
+    schedule = build_schedule(shape, layers=1, multi_update=2, require_coverage=False)
     plan = plan_from_layer(schedule.layers[0])
     torch.manual_seed(0)
     net = build_context_net(2, lt.n_features * len(plan.features),

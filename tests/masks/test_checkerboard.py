@@ -4,9 +4,7 @@ import itertools
 
 import pytest
 
-from hpcflow.config import MaskPattern
-from hpcflow.errors import ConfigError
-from hpcflow.masks import check_pattern, default_patterns, link_mask
+from hpcflow.masks import MaskError, MaskPattern, check_pattern, default_patterns, link_mask
 
 
 @pytest.mark.parametrize(
@@ -29,22 +27,23 @@ def test_link_mask_is_the_formula(shape, directions, steps, width, offset):
 
 
 @pytest.mark.parametrize(
-    "pattern, key, words",
+    "pattern, field, words",
     [
-        (MaskPattern([0], [0, 1], 4), r"m\[1\]\.steps", ["3 steps"]),
-        (MaskPattern([], [0, 1, 1], 4), r"m\[1\]\.directions", ["at least one"]),
-        (MaskPattern([3], [0, 1, 1], 4), r"m\[1\]\.directions", ["0..2"]),
-        (MaskPattern([1, 1], [0, 1, 1], 4), r"m\[1\]\.directions", ["distinct"]),
-        (MaskPattern([1], [0, 1, 1], 0), r"m\[1\]\.width", ["positive"]),
+        (MaskPattern([0], [0, 1], 4), "m[1].steps", ["3 steps"]),
+        (MaskPattern([], [0, 1, 1], 4), "m[1].directions", ["at least one"]),
+        (MaskPattern([3], [0, 1, 1], 4), "m[1].directions", ["0..2"]),
+        (MaskPattern([1, 1], [0, 1, 1], 4), "m[1].directions", ["distinct"]),
+        (MaskPattern([1], [0, 1, 1], 0), "m[1].width", ["positive"]),
         # L_2 = 6 is not a multiple of 4: the phase would jump across the boundary.
-        (MaskPattern([1], [1, 0, 1], 4), r"m\[1\]\.steps",
-         ["steps[2] * L_2 = 1 * 6", "m[1].width", "lattice.shape"]),
-        (MaskPattern([1], [2, 0, 2], 4), r"m\[1\]\.steps", ["divisor 2"]),
+        (MaskPattern([1], [1, 0, 1], 4), "m[1].steps",
+         ["steps[2] * L_2 = 1 * 6", "width 4", "lattice [4, 4, 6]"]),
+        (MaskPattern([1], [2, 0, 2], 4), "m[1].steps", ["divisor 2"]),
     ],
 )
-def test_check_pattern_refuses_with_key(pattern, key, words):
-    with pytest.raises(ConfigError, match=key) as err:
+def test_check_pattern_refuses_naming_the_field(pattern, field, words):
+    with pytest.raises(MaskError) as err:
         check_pattern((4, 4, 6), pattern, "m[1]")
+    assert err.value.field == field
     for w in words:
         assert w in str(err.value)
 
@@ -68,8 +67,25 @@ def test_default_patterns(shape):
         assert [p.steps for p in pats] == [[0, 1], [1, 0]]
 
 
-@pytest.mark.parametrize("shape", [(6, 8), (4, 4, 2), (4, 4, 4, 3)])
-def test_default_patterns_refuse_other_extents(shape):
-    with pytest.raises(ConfigError, match="lattice.shape") as err:
+@pytest.mark.parametrize("shape, width", [((6, 6), 3), ((6, 6, 6), 3), ((6, 6, 6, 6), 3),
+                                          ((5, 5), 5), ((4, 4, 2), 2), ((2, 2, 2, 2), 2),
+                                          ((8, 6, 4), 2), ((3, 3, 3), 3)])
+def test_default_patterns_fit_other_lattices(shape, width):
+    """Extents that are not multiples of 4 get the widest stripe pattern that fits, else the
+    width-2 checkerboard; every plaquette holds at most one active link."""
+    from hpcflow.masks import loop_counts
+
+    pats = default_patterns(shape)
+    assert [p.directions for p in pats] == [[mu] for mu in range(len(shape))]
+    for i, p in enumerate(pats):
+        check_pattern(shape, p, f"m[{i}]")
+        assert p.width == width
+        active = link_mask(shape, p.directions, p.steps, p.width)
+        assert int(loop_counts(active, "plaquette").max()) <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (4, 4, 1), (4, 1, 4, 4)])
+def test_default_patterns_refuse_lattices_no_mask_fits(shape):
+    with pytest.raises(MaskError, match="no default mask fits") as err:
         default_patterns(shape)
-    assert "multiple of 4" in str(err.value)
+    assert err.value.field == "shape"

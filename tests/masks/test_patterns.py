@@ -7,10 +7,8 @@ phase of the base site ``x`` of a loop.
 import pytest
 import torch
 
-from hpcflow.config import MaskPattern
-from hpcflow.errors import ConfigError
 from hpcflow.lattice.loops import loops_of_shape
-from hpcflow.masks import build_layer, link_mask
+from hpcflow.masks import MaskError, MaskPattern, build_layer, link_mask
 from hpcflow.masks.checkerboard import link_phase
 from hpcflow.masks.loopmask import class_totals, cross_check, loop_counts
 
@@ -59,7 +57,7 @@ def _plaquette_planes(counts):
 
 def _build(dirs, steps, multi_update=1):
     return build_layer(SHAPE_3D, MaskPattern(dirs, steps, 4), 0, multi_update=multi_update,
-                       key="model.masks[0]")
+                       key="patterns[0]")
 
 
 def test_seed_a_two_directions_stripe():
@@ -79,7 +77,7 @@ def test_seed_a_two_directions_stripe():
     assert torch.equal(planes[1, 2], 4 * (x0 == 0).to(torch.int8))
     assert layer.loop_classes("plaquette") == (7 * V // 4, V, V // 4)
     assert layer.candidates["plaquette"] == (2, 2)
-    with pytest.raises(ConfigError, match="model.multi_update"):
+    with pytest.raises(MaskError, match="multi_update"):
         _build([1, 2], [1, 0, 0], multi_update=3)
 
 

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpcflow.config import MaskPattern, ModelConfig
-from hpcflow.errors import ConfigError
-from hpcflow.masks import build_schedule
+from hpcflow.masks import MaskError, MaskPattern, build_schedule
 from tests.masks.walk import active_on_path
 
 SHAPES = {2: (4, 8), 3: (4, 4, 8), 4: (4, 4, 4, 4)}
@@ -57,7 +55,7 @@ def check_invariants(schedule):
 @pytest.mark.parametrize("nd", [2, 3, 4])
 def test_default_schedule_covers_every_link(nd):
     """One full cycle (Nd patterns x 4 offsets) updates every link exactly once."""
-    sched = build_schedule(SHAPES[nd], ModelConfig())
+    sched = build_schedule(SHAPES[nd])
     assert len(sched.layers) == 4 * nd
     assert sched.active_shapes == ("plaquette",)
     assert sched.feature_shapes == (("plaquette", "rectangle") if nd == 2 else
@@ -74,15 +72,14 @@ def test_default_schedule_covers_every_link(nd):
 
 @pytest.mark.parametrize("nd", [2, 3, 4])
 def test_default_schedule_multi_update_two(nd):
-    sched = build_schedule(SHAPES[nd], ModelConfig(multi_update=2))
+    sched = build_schedule(SHAPES[nd], multi_update=2)
     assert bool((sched.coverage == 2).all())
     check_invariants(sched)
 
 
 def test_schedule_with_several_shapes_and_layers():
-    cfg = ModelConfig(layers=14, active_loops=["plaquette", "rectangle"], multi_update=2,
-                      features=["plaquette", "chair"])
-    sched = build_schedule((4, 4, 4), cfg)
+    sched = build_schedule((4, 4, 4), layers=14, active_shapes=["plaquette", "rectangle"],
+                           multi_update=2, feature_shapes=["plaquette", "chair"])
     assert len(sched.layers) == 14 and [la.index for la in sched.layers] == list(range(14))
     assert [(la.pattern_index, la.offset) for la in sched.layers[11:]] == [(2, 3), (0, 0),
                                                                           (1, 0)]
@@ -95,8 +92,7 @@ def test_schedule_with_several_shapes_and_layers():
 def test_user_patterns_and_widths():
     """Patterns of different widths: the cycle is P * max(width); width 2 repeats offsets."""
     masks = [MaskPattern([0], [0, 1], 4), MaskPattern([1], [1, 0], 2)]
-    cfg = ModelConfig(masks=masks)
-    sched = build_schedule((4, 8), cfg)
+    sched = build_schedule((4, 8), masks)
     assert [(la.pattern_index, la.offset) for la in sched.layers] == [
         (0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 0), (0, 3), (1, 1)]
     assert sched.layers[5].active is sched.layers[1].active  # built once, shared
@@ -105,40 +101,40 @@ def test_user_patterns_and_widths():
 
 
 @pytest.mark.parametrize(
-    "shape, cfg, key, words",
+    "shape, kwargs, field, words",
     [
         # Direction 1 is in no pattern.
-        ((4, 8), ModelConfig(masks=[MaskPattern([0], [0, 1], 4)]), r"model\.masks",
+        ((4, 8), {"patterns": [MaskPattern([0], [0, 1], 4)]}, "patterns",
          ["32 of 64 links are never updated", "direction 1: 32 links, in no pattern"]),
         # Too few layers for a full cycle of the defaults.
-        ((4, 8), ModelConfig(layers=6), r"model\.layers",
+        ((4, 8), {"layers": 6}, "layers",
          ["direction 0: 8 links", "offsets [0, 1, 2] of 0..3", "full cycle of 8"]),
-        ((4, 8), ModelConfig(multi_update=3), r"model\.multi_update",
-         ["need 3 active plaquettes", "only 2"]),
-        ((4, 4, 4, 4), ModelConfig(multi_update=7), r"model\.multi_update", ["only 6"]),
+        ((4, 8), {"multi_update": 3}, "multi_update", ["need 3 active plaquettes", "only 2"]),
+        ((4, 4, 4, 4), {"multi_update": 7}, "multi_update", ["only 6"]),
         # Two directions in one pattern: every plaquette of an active link holds two.
-        ((4, 4), ModelConfig(masks=[MaskPattern([0, 1], [1, 1], 4)]), r"model\.masks\[0\]",
+        ((4, 4), {"patterns": [MaskPattern([0, 1], [1, 1], 4)]}, "patterns[0]",
          ["no plaquette with exactly one active link"]),
-        ((4, 6), ModelConfig(masks=[MaskPattern([0], [1, 2], 4), MaskPattern([1], [0, 1], 4)]),
-         r"model\.masks\[1\]\.steps", ["not consistent", "1 * 6", "lattice.shape"]),
-        ((6, 8), ModelConfig(), r"lattice\.shape", ["multiple of 4"]),
-        ((4, 8), ModelConfig(features=["chair"]), r"model\.features\[0\]", ["Nd = 2"]),
-        ((4, 8), ModelConfig(active_loops=["crown"]), r"model\.active_loops\[0\]", ["Nd = 2"]),
-        ((4, 8), ModelConfig(active_loops=[]), r"model\.active_loops", ["at least one"]),
-        ((4, 8), ModelConfig(features=["plaquette", "plaquette"]), r"model\.features",
+        ((4, 6), {"patterns": [MaskPattern([0], [1, 2], 4), MaskPattern([1], [0, 1], 4)]},
+         "patterns[1].steps", ["not consistent", "1 * 6"]),
+        ((1, 8), {}, "shape", ["no default mask fits"]),
+        ((4, 8), {"feature_shapes": ["chair"]}, "feature_shapes[0]", ["Nd = 2"]),
+        ((4, 8), {"active_shapes": ["crown"]}, "active_shapes[0]", ["Nd = 2"]),
+        ((4, 8), {"active_shapes": []}, "active_shapes", ["at least one"]),
+        ((4, 8), {"feature_shapes": ["plaquette", "plaquette"]}, "feature_shapes",
          ["distinct"]),
     ],
 )
-def test_refusals_name_the_key(shape, cfg, key, words):
-    with pytest.raises(ConfigError, match=key) as err:
-        build_schedule(shape, cfg)
+def test_refusals_name_the_argument(shape, kwargs, field, words):
+    with pytest.raises(MaskError) as err:
+        build_schedule(shape, **kwargs)
+    assert err.value.field == field
     for w in words:
         assert w in str(err.value)
 
 
 def test_frozen_features_match_a_recount():
     """Frozen sites of each feature are exactly the base sites with zero active links."""
-    sched = build_schedule((4, 4, 4), ModelConfig())
+    sched = build_schedule((4, 4, 4))
     layer = sched.layers[4]
     act = layer.active.numpy()
     for f in layer.features:
@@ -167,9 +163,8 @@ def test_translated_layers_equal_fresh_builds(nd, multi_update):
     the layer built directly from its pattern and offset."""
     from hpcflow.masks import build_layer
 
-    cfg = ModelConfig(multi_update=multi_update, active_loops=["plaquette", "rectangle"]
-                      if nd == 2 else ["plaquette"])
-    sched = build_schedule(SHAPES[nd], cfg)
+    sched = build_schedule(SHAPES[nd], multi_update=multi_update,
+                           active_shapes=["plaquette", "rectangle"] if nd == 2 else ["plaquette"])
     for layer in sched.layers:
         fresh = build_layer(sched.shape, layer.pattern, layer.offset,
                             active_shapes=sched.active_shapes, feature_shapes=sched.feature_shapes,
@@ -185,13 +180,13 @@ def test_pattern_without_an_invertible_step_is_built_afresh():
 
     masks = [MaskPattern([0], [2, 3], 6), MaskPattern([1], [3, 2], 6)]
     assert translation(masks[0], (6, 6), 0, 1) is None
-    sched = build_schedule((6, 6), ModelConfig(masks=masks))
+    sched = build_schedule((6, 6), masks)
     assert len(sched.layers) == 12
     assert bool((sched.coverage == 1).all())
     check_invariants(sched)
 
 
 def test_partial_schedule_when_coverage_is_not_required():
-    sched = build_schedule((4, 8), ModelConfig(layers=1), require_coverage=False)
+    sched = build_schedule((4, 8), layers=1, require_coverage=False)
     assert len(sched.layers) == 1
     assert int(sched.coverage.sum()) == int(sched.layers[0].active.sum()) == 8

@@ -1,1 +1,0 @@
-"""Analysis of sample files: estimators with statistical errors (``stats``)."""

@@ -1,0 +1,620 @@
+"""Typed, validated configuration: YAML files plus ``--set key=value`` overrides.
+
+Each section is a dataclass with defaults; the loader walks the type hints, so a section is
+declared once. This module is the only code that knows configuration keys: :func:`load_config`
+builds, resolves (group- and lattice-dependent defaults) and validates a whole configuration,
+turning every error of the library underneath (a mask that cannot be exact, a transform that a
+group lacks) into a :class:`ConfigError` that names the dotted key. The rest of the code takes
+typed arguments. ``docs/config.md`` is generated from these classes (:func:`config_reference`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..errors import ConfigError, InputFileError
+from ..lattice.groups import get_group
+from ..masks import MaskError, MaskPattern, Schedule, build_schedule, default_patterns
+
+__all__ = [
+    "Config",
+    "LatticeConfig",
+    "ActionConfig",
+    "MaskPattern",
+    "ModelConfig",
+    "NetConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "DistributedConfig",
+    "HMCConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "check_resumable",
+    "config_reference",
+    "mask_schedule",
+]
+
+
+# ----------------------------------------------------------------------------------- sections
+@dataclass
+class LatticeConfig:
+    """``lattice``: periodic hypercubic lattice and gauge group."""
+
+    shape: list[int] = field(default_factory=list)
+    """Extents ``[L_0, ..., L_{Nd-1}]``, Nd = 2, 3 or 4 (required)."""
+    group: str = ""
+    """``U1``, ``SU2``, ``SU3`` or ``SU<N>`` (required)."""
+
+    def check(self, key: str) -> None:
+        if not self.shape:
+            raise ConfigError(f"{key}.shape", "is required: a list of 2 to 4 positive extents")
+        if not 2 <= len(self.shape) <= 4 or any(x < 1 for x in self.shape):
+            raise ConfigError(
+                f"{key}.shape",
+                f"expected 2 to 4 positive extents (Nd = 2, 3, 4), got {self.shape}",
+            )
+        if not self.group:
+            raise ConfigError(f"{key}.group", "is required: U1, SU2, SU3 or SU<N>")
+        try:
+            get_group(self.group)
+        except ValueError:
+            raise ConfigError(f"{key}.group", f"expected U1 or SU<N> (N >= 2), "
+                                              f"got {self.group!r}") from None
+
+    @property
+    def nd(self) -> int:
+        return len(self.shape)
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ActionConfig:
+    """``action``: Wilson gauge action ``-(beta/Nc) sum [c0 Re tr P + c1 Re tr R]``."""
+
+    beta: float = math.nan
+    """Coupling (required, > 0)."""
+    c1: float = 0.0
+    """Rectangle coefficient; 0 is the Wilson action, -1/12 Lüscher-Weisz, -0.331 Iwasaki."""
+
+    def check(self, key: str) -> None:
+        if math.isnan(self.beta):
+            raise ConfigError(f"{key}.beta", "is required: a positive coupling")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"{key}.beta", f"expected a finite positive number, got {self.beta}")
+
+
+@dataclass
+class NetConfig:
+    """``model.net``: the context CNN of every coupling layer (periodic padding)."""
+
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    """Hidden channel counts, one convolution each."""
+    kernel_size: int = 3
+    """Odd kernel extent along every lattice axis."""
+    activation: Literal["tanh", "gelu", "relu", "silu", "leaky_relu"] = "tanh"
+    conv: Literal["full", "factorized", "tucker"] = "full"
+    """``full``: dense ConvNd (4D from 3D convolutions); ``factorized``: CP; ``tucker``."""
+    rank: int = 8
+    """Rank of factorized (CP/Tucker) convolutions."""
+
+    def check(self, key: str) -> None:
+        for i, h in enumerate(self.hidden):
+            _positive(h, f"{key}.hidden[{i}]")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"{key}.kernel_size", f"expected an odd positive integer, "
+                              f"got {self.kernel_size}")
+        _positive(self.rank, f"{key}.rank")
+
+
+@dataclass
+class ModelConfig:
+    """``model``: the flow's layers, masks and loops. Empty values take defaults for the
+    lattice and group (resolved when the configuration is loaded)."""
+
+    layers: int = 0
+    """Number of coupling layers; 0: one full cycle of every pattern over its offsets."""
+    masks: list[MaskPattern] = field(default_factory=list)
+    """Patterns ``{directions, steps, width}`` cycled over the layers: layer i uses pattern
+    ``i % P`` with offset ``(i // P) % width``. Empty: one pattern per link direction, stripes
+    with a checkerboard, of the widest width among 4, 3, 5, 6, ... that fits the lattice, else
+    the width-2 checkerboard (resolved at load time)."""
+    active_loops: list[str] = field(default_factory=lambda: ["plaquette"])
+    """Loop shapes whose open loops update the active links."""
+    features: list[str] = field(default_factory=list)
+    """Frozen loop shapes fed to the context network; empty: every shape the lattice has."""
+    multi_update: int = 1
+    """Sequential updates of each active link per layer, each through another active loop."""
+    transform: Literal["spline", "ncp"] = "spline"
+    """U(1) loop transform: circular rational-quadratic spline with bias, or NCP mixture."""
+    bins: int = 8
+    """Spline bins (or NCP mixture components)."""
+    net: NetConfig = field(default_factory=NetConfig)
+    dtype: Literal["auto", "float32", "float64"] = "auto"
+    """Precision of the flow's parameters and arithmetic. ``auto``: float32 for U(1), float64
+    for SU(N) (float32 spectral flows lose their inverse after training, perf/RESULTS.md)."""
+
+    def check(self, key: str) -> None:
+        _positive(self.layers, f"{key}.layers", allow_zero=True)
+        _positive(self.bins, f"{key}.bins")
+        self.net.check(f"{key}.net")
+        _positive(self.multi_update, f"{key}.multi_update")
+        # loop shapes and masks are checked where they are used: mask_schedule()
+
+
+@dataclass
+class TrainConfig:
+    """``train``: reverse-KL training."""
+
+    steps: int = 1000
+    """Total optimizer steps; a resumed run continues to this number."""
+    batch_size: int = 64
+    """GLOBAL batch per step, summed over all ranks."""
+    seed: int = 0
+    """Master seed; results depend on it, not on the number of ranks."""
+    lr: float = 1e-3
+    """Initial learning rate."""
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    """Learning-rate policy (talk: "Scheduler policy": several decreasing stages)."""
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])
+    """multistep: fractions of ``steps`` at which the rate is multiplied by ``gamma``."""
+    gamma: float = 0.3
+    gradient: Literal["reparameterized", "path"] = "reparameterized"
+    """Gradient estimator of the reverse KL. ``reparameterized``: backward through
+    ``log q + S`` of the forward pass. ``path``: drop the score term, whose mean is zero but
+    whose noise does not vanish as ``q -> p`` (Roeder et al. 2017, arXiv:1703.09194; for lattice
+    flows Vaitl et al. 2022, arXiv:2206.09016): ``log q`` is re-evaluated at ``U = f(z)`` by the
+    inverse pass with frozen parameters; about twice the cost of a step."""
+    amsgrad: bool = True
+    """Adam with amsgrad (talk: long runs can go unstable with plain Adam)."""
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    micro_batch_size: int = 0
+    """Samples per forward/backward pass on a rank (gradient accumulation); 0: all at once."""
+    recompute_layers: bool = False
+    """Activation checkpointing: keep only each coupling layer's input and recompute the layer
+    in the backward pass (memory of about one layer instead of all; ~1.5x the step time)."""
+    log_every: int = 10
+    """Steps between metrics.jsonl lines and progress updates."""
+    eval_every: int = 100
+    """Steps between evaluations on a larger batch (ESS, log Z, acceptance); 0 disables."""
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    walltime: str | float = ""
+    """Stop in time to checkpoint before this much wall time, ``HH:MM:SS`` or seconds."""
+    max_bad_steps: int = 10
+    """Consecutive bad steps (non-finite, or over ``max_inverse_error``) tolerated, each
+    skipped, before the run stops."""
+    max_inverse_error: float = 1.0
+    """``gradient: path`` only: the largest ``|log q(forward) - log q(inverse)|`` (nats, any
+    sample) a step may have. The path gradient is valid only if the inverse pass reproduces
+    the forward map; a sharp float32 flow can lose it, and its path gradients then drive the
+    loss up. Such a step is skipped and counted as bad. 0 disables the check."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bitwise reproducible runs and restarts."""
+    tensorboard: bool = False
+    plot: bool = True
+    """Write loss/ESS/acceptance plots (PNG) at the end of training."""
+
+    def check(self, key: str) -> None:
+        _positive(self.steps, f"{key}.steps", allow_zero=True)
+        _positive(self.batch_size, f"{key}.batch_size")
+        _positive(self.seed, f"{key}.seed", allow_zero=True)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"{key}.lr", f"expected a positive learning rate, got {self.lr}")
+        if sorted(self.milestones) != self.milestones or any(
+                not 0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"{key}.milestones", "expected increasing fractions of train.steps "
+                              f"between 0 and 1, got {self.milestones}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"{key}.gamma", f"expected a factor in (0, 1], got {self.gamma}")
+        for name in ("weight_decay", "grad_clip", "max_inverse_error"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}", "expected a non-negative number")
+        for name in ("micro_batch_size", "eval_every", "max_bad_steps"):
+            _positive(getattr(self, name), f"{key}.{name}", allow_zero=True)
+        for name in ("log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        self.walltime_seconds(key)
+
+    def walltime_seconds(self, key: str = "train") -> float:
+        """``walltime`` in seconds (``inf`` when unset)."""
+        if isinstance(self.walltime, int | float):
+            if self.walltime <= 0:
+                raise ConfigError(f"{key}.walltime", f"expected a positive duration, "
+                                  f"got {self.walltime}")
+            return float(self.walltime)
+        text = self.walltime.strip()
+        if not text:
+            return math.inf
+        try:
+            parts = [float(p) for p in text.split(":")]
+        except ValueError:
+            parts = []
+        if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+            raise ConfigError(f"{key}.walltime", f"expected HH:MM:SS or seconds, got {text!r}")
+        seconds = 0.0
+        for p in parts:
+            seconds = 60 * seconds + p
+        return seconds
+
+
+@dataclass
+class SampleConfig:
+    """``sample``: drawing ensembles from a trained flow."""
+
+    n_samples: int = 4096
+    """Default N for ``hpcflow sample``."""
+    batch_size: int = 256
+    """Proposals drawn per batch on each rank."""
+
+    def check(self, key: str) -> None:
+        _positive(self.n_samples, f"{key}.n_samples")
+        _positive(self.batch_size, f"{key}.batch_size")
+
+
+@dataclass
+class HMCConfig:
+    """``hmc``: the conventional reference chain of ``hpcflow hmc`` (one chain per rank)."""
+
+    n_steps: int = 10
+    """Integrator steps per trajectory."""
+    step_size: float = 0.1
+    """Initial step size; tuned during thermalization to ``target_acceptance``, then fixed."""
+    integrator: Literal["omelyan", "leapfrog"] = "omelyan"
+    target_acceptance: float = 0.8
+    thermalization: int = 200
+    """Trajectories before the first saved configuration (step size tuned meanwhile)."""
+    save_every: int = 1
+    """Trajectories between saved configurations."""
+    start: Literal["hot", "cold"] = "hot"
+
+    def check(self, key: str) -> None:
+        _positive(self.n_steps, f"{key}.n_steps")
+        _positive(self.save_every, f"{key}.save_every")
+        _positive(self.thermalization, f"{key}.thermalization", allow_zero=True)
+        if not self.step_size > 0:
+            raise ConfigError(f"{key}.step_size", f"expected a positive number, "
+                              f"got {self.step_size}")
+        if not 0 < self.target_acceptance < 1:
+            raise ConfigError(f"{key}.target_acceptance", "expected a probability in (0, 1), "
+                              f"got {self.target_acceptance}")
+
+
+@dataclass
+class DistributedConfig:
+    """``distributed``: how ranks talk and which device each uses."""
+
+    backend: Literal["auto", "none", "mpi", "torch", "horovod"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
+    threads: int = 0
+    """CPU threads per rank for torch; 0: the node's cores split over its ranks, or torch's
+    default where OMP_NUM_THREADS is set or the launcher binds the ranks to cores."""
+
+    def check(self, key: str) -> None:
+        _positive(self.threads, f"{key}.threads", allow_zero=True)
+
+
+@dataclass
+class Config:
+    """The whole run configuration. Only ``lattice`` and ``action`` must be given."""
+
+    lattice: LatticeConfig = field(default_factory=LatticeConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    hmc: HMCConfig = field(default_factory=HMCConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def check(self, key: str = "") -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "check"):
+                section.check(f.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _positive(value: int, key: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        expected = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ConfigError(key, f"expected {expected}, got {value}")
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                model: bool = True) -> Config:
+    """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML), resolve the
+    defaults and validate.
+
+    ``path`` may be ``None`` to build from overrides alone. ``model``: also resolve and validate
+    the ``model`` section (commands that build no flow, e.g. the reference chains, pass False).
+    Raises :class:`InputFileError` for a missing or unreadable file and :class:`ConfigError`
+    naming the key for everything else.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputFileError(path, f"cannot read configuration: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise InputFileError(path, f"not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputFileError(path, "expected a mapping of sections at the top level")
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, model=model)
+
+
+def apply_overrides(data: dict[str, Any], overrides) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` applied (YAML-typed value)."""
+    out = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like KEY=VALUE, e.g. action.beta=3.0")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(key or item, "empty key in override")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(key, f"cannot parse value {raw!r} as YAML") from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts[: i + 1]), "is not a section; cannot set a subkey")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def config_from_dict(data: dict[str, Any], *, model: bool = True) -> Config:
+    """Build, resolve and validate a :class:`Config` from plain data (e.g. a checkpoint's
+    copy); ``model`` as in :func:`load_config`."""
+    cfg = _build(Config, data, "")
+    cfg.check()
+    if model:
+        _resolve_model(cfg)
+    return cfg
+
+
+# Library argument names of hpcflow.masks.build_schedule -> configuration keys.
+_MASK_KEYS = {"shape": "lattice.shape", "patterns": "model.masks",
+              "active_shapes": "model.active_loops", "feature_shapes": "model.features",
+              "multi_update": "model.multi_update", "layers": "model.layers"}
+
+
+def mask_schedule(cfg: Config, *, require_coverage: bool = True) -> Schedule:
+    """The mask schedule of the flow of ``cfg``; a :class:`~hpcflow.masks.MaskError` becomes
+    a :class:`ConfigError` naming the key (``model.masks[1].steps``, ``model.multi_update``)."""
+    m = cfg.model
+    try:
+        return build_schedule(cfg.lattice.shape, m.masks or None, layers=m.layers,
+                              active_shapes=m.active_loops, feature_shapes=m.features or None,
+                              multi_update=m.multi_update, require_coverage=require_coverage)
+    except MaskError as exc:
+        head, _, rest = exc.field.partition("[")
+        key = _MASK_KEYS.get(head, f"model.{head}") + (f"[{rest}" if rest else "")
+        hint = "" if m.masks or head != "active_shapes" else " (with the default masks)"
+        raise ConfigError(key, f"{exc}{hint}") from None
+
+
+def _resolve_model(cfg: Config) -> None:
+    """Group- and lattice-dependent defaults of ``model`` (dtype, masks), then the checks that
+    need the group and the lattice: transform, loop shapes, masks, coverage."""
+    group = get_group(cfg.lattice.group)
+    m = cfg.model
+    if group.nc > 3:
+        raise ConfigError("lattice.group", f"flows exist for U1, SU2 and SU3, not "
+                                           f"{group.name}; its reference chains run with "
+                                           f"hpcflow hmc")
+    if m.transform != "spline" and group.nc > 1:
+        raise ConfigError("model.transform", f"{m.transform} exists for U(1) only; "
+                                             f"{group.name} flows use spectral splines (spline)")
+    if m.dtype == "auto":
+        m.dtype = "float32" if group.nc == 1 else "float64"
+    elif m.dtype == "float32" and group.nc > 1:
+        warnings.warn(f"model.dtype float32 with {group.name}: a trained float32 spectral flow "
+                      f"can lose its inverse (NaN or biased log q, perf/RESULTS.md); use "
+                      f"model.dtype: float64 (the default for SU(N))", stacklevel=3)
+    if not m.masks:
+        try:
+            default_patterns(cfg.lattice.shape)
+        except MaskError as exc:
+            raise ConfigError("lattice.shape", f"{exc}: set model.masks") from None
+    m.masks = mask_schedule(cfg).patterns
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config, where: str) -> None:
+    """Refuse to resume from a checkpoint whose lattice or model differ from ``cfg``'s.
+
+    ``saved``: the checkpoint's configuration (plain data, resolved by this version first, so
+    that older checkpoints with defaults left empty compare equal)."""
+    old = config_from_dict(saved).to_dict()
+    new = cfg.to_dict()
+    diffs = [f"{section}.{key}: {old[section].get(key)!r} in the checkpoint, "
+             f"{new[section].get(key)!r} now"
+             for section in ("lattice", "model")
+             for key in sorted(set(old[section]) | set(new[section]))
+             if old[section].get(key) != new[section].get(key)]
+    if diffs:
+        raise ConfigError(diffs[0].split(":")[0], f"cannot resume from {where}: the "
+                          f"configuration changed in keys that define the model "
+                          f"({'; '.join(diffs)}); use a new run directory or the original values")
+
+
+def _build(cls, data, key: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"expected a mapping (section), got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            where = f"{key}.{name}" if key else str(name)
+            raise ConfigError(where, f"unknown key; expected one of {', '.join(fields)}")
+    kwargs = {}
+    for name in fields:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{key}.{name}" if key else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str):
+    """Check ``value`` against the type hint ``tp`` and convert where it is lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(exc.expected)
+        raise ConfigError(key, " or ".join(errors) + f", got {_describe(value)}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(key, f"expected one of {choices}, got {_describe(value)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {_describe(value)}")
+        item_tp = args[0] if args else Any
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {_describe(value)}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in a section, not input
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "nothing (null)"
+
+
+
+# ------------------------------------------------------------------------------ reference
+def _field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal after each field)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def config_reference() -> str:
+    """``docs/config.md``: every key with its type, default and meaning, from the classes."""
+    lines = ["# Configuration reference", "",
+             "Generated from `hpcflow/app/config.py` by `python -m hpcflow.app.config` "
+             "(`make docs`); a test keeps it in step with the code. YAML files take these keys; "
+             "`--set KEY=VALUE` overrides any of them with a YAML value. Only `lattice.shape`, "
+             "`lattice.group` and `action.beta` are required.", ""]
+
+    def section(cls, key: str) -> None:
+        lines.extend([f"## `{key}`", "", " ".join((cls.__doc__ or "").split()), "",
+                      "| key | type | default | meaning |", "| --- | --- | --- | --- |"])
+        hints, docs, nested = typing.get_type_hints(cls), _field_docs(cls), []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                nested.append((tp, f"{key}.{f.name}"))
+                lines.append(f"| `{key}.{f.name}` | section | | see below |")
+                continue
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory())  # type: ignore[misc]
+            if isinstance(default, float) and math.isnan(default):
+                default = "required"
+            elif isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+                default = [dataclasses.asdict(d) for d in default]
+            text = yaml.safe_dump(default, default_flow_style=True).strip()
+            shown = "required" if default == "required" or key == "lattice" \
+                else f"`{text.removesuffix('...').strip()}`"
+            lines.append(f"| `{key}.{f.name}` | {_type_name(tp)} | {shown} | "
+                         f"{docs.get(f.name, '')} |")
+        lines.append("")
+        for cls2, key2 in nested:
+            section(cls2, key2)
+
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        section(hints[f.name], f.name)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

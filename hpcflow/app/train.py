@@ -1,0 +1,326 @@
+"""The training loop: reverse-KL training of a gauge-equivariant flow, data-parallel over ranks.
+
+One step (docs/physics.md, "Training and sampling"):
+
+1. every rank draws its share (:meth:`~hpcflow.app.context.RunContext.share`) of the global
+   batch of prior samples; sample ``i`` of step ``t`` comes from its own stream
+   ``(train.seed, t, i)``, so the numbers do not depend on the rank count;
+2. push them through the flow: ``U = f(z)``, ``log q(U) = -log|det J|``;
+3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward (with
+   ``train.gradient: path``, through ``log q`` re-evaluated by :func:`path_log_prob`);
+4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
+   an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
+   steps, and path-gradient steps whose inverse pass misses the forward ``log q`` by more than
+   ``train.max_inverse_error``, are skipped and counted.
+
+Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch, atomic
+checkpoints with automatic resume, signals and wall time, plots at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, HpcflowError
+from ..estimators import ess, independence_metropolis, logsumexp
+from ..flows.model import GaugeFlow
+from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
+from ..io.atomic import write_atomic
+from ..io.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from .build import build_action, build_model
+from .config import check_resumable
+from .context import RunContext
+from .metrics import MetricsLog, TensorBoardLog
+from .optim import build_optimizer, set_lr
+from .plots import plot_training
+
+__all__ = ["Trainer", "TrainResult", "model_seed"]
+
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
+    """``log q(U)`` by the inverse pass with the parameters held fixed: ``[B]``.
+
+    Differentiating ``log q_theta'(f_theta(z)) + S(f_theta(z))`` at ``theta' = theta`` gives the
+    path gradient of the reverse KL (Vaitl et al. 2022, arXiv:2206.09016): gradients reach the
+    parameters only through the sample ``U = f_theta(z)``, not through the score
+    ``d log q_theta / d theta`` at fixed ``U``, whose mean is zero.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return model.inverse(links)[1]
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _max_abs(x: np.ndarray) -> float:
+    """``max |x|`` as a Python float (``inf`` when any entry is not finite)."""
+    d = float(np.abs(x).max())
+    return d if math.isfinite(d) else math.inf
+
+
+def model_seed(seed: int) -> int:
+    """Seed of the network initialization, derived from the master seed."""
+    return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+
+
+@dataclass
+class TrainResult:
+    step: int
+    reason: str  # "done", "signal SIGTERM", "walltime"
+    last: dict
+
+
+class Trainer:
+    """Reverse-KL training of ``build_model(cfg)`` in ``ctx.run_dir`` on the ranks of
+    ``ctx.comm`` (:class:`~hpcflow.app.context.RunContext`)."""
+
+    def __init__(self, cfg, ctx: RunContext):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.ctx = ctx
+        self.run_dir = ctx.run_dir
+        self.comm = comm = ctx.comm
+        for key in ("batch_size", "eval_batch_size"):
+            n = getattr(self.tc, key)
+            if n % comm.size and (key == "batch_size" or self.tc.eval_every):
+                raise ConfigError(f"train.{key}", f"the global batch {n} does not split evenly "
+                                  f"over {comm.size} ranks; use a multiple of {comm.size}")
+        if self.tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(model_seed(self.tc.seed))
+        self.model: GaugeFlow = build_model(cfg).to(comm.device)
+        self.model.recompute = self.tc.recompute_layers
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, self.tc)
+        self.action = build_action(cfg)
+        self.step = 0
+        self.bad_steps = 0
+        self.bad_reason = ""
+        self.skipped = 0
+        self.elapsed_before = 0.0
+        self.max_step_time = 0.0
+        self.ckpt_time = 0.0
+        self._signal = 0
+        self._last: dict = {}
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self._resume()
+
+    # ------------------------------------------------------------------ set-up and resume
+    def _resume(self) -> None:
+        comm = self.comm
+        ckpt = None
+        if comm.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = load_latest_checkpoint(self.checkpoint_dir, warn=self.ctx.log.warning)
+        # Every rank resumes from the checkpoint rank 0 chose (one read, one broadcast).
+        ckpt = comm.broadcast_object(ckpt if comm.is_root else None)
+        if ckpt is not None:
+            check_resumable(ckpt["config"], self.cfg, ckpt["path"])
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            state = ckpt["trainer"]
+            self.skipped = int(state["skipped"])
+            self.elapsed_before = float(state["elapsed"])
+            self.ctx.log.info(f"resuming from {ckpt['path']} at step {self.step}")
+        else:
+            comm.broadcast_model_(self.model)
+        if comm.is_root:
+            write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
+                                      resume_step=self.step if ckpt is not None else None)
+            self.tensorboard = (TensorBoardLog(self.run_dir / "tensorboard")
+                                if self.tc.tensorboard else None)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict:
+        """Steps 1-4 of the module docstring for ``self.step``; returns its metrics."""
+        tc, model, comm = self.tc, self.model, self.comm
+        local = self.ctx.share(tc.batch_size)
+        micro = tc.micro_batch_size or len(local)
+        lr = set_lr(self.optimizer, self.step, tc)
+        self.optimizer.zero_grad(set_to_none=False)
+        path = tc.gradient == "path"
+        per_sample = []  # columns: log w, and |log q(forward) - log q(inverse)| for path
+        for lo in range(0, len(local), micro):
+            idx = local[lo:lo + micro]
+            z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
+            u, logdet = model(z)
+            log_q, s = -logdet, self.action(u)
+            objective = path_log_prob(model, u) if path else log_q
+            ((objective + s).sum() / len(local)).backward()  # equal shares: size | batch
+            lw = -s - log_q
+            columns = [lw] + ([(objective - log_q).to(lw.dtype)] if path else [])
+            per_sample.append(torch.stack(columns, dim=1).detach())
+        comm.allreduce_gradients_(self.params)
+        # one collective for both columns; the host sees them once per step
+        gathered = self.ctx.gather(torch.cat(per_sample), tc.batch_size).double().cpu().numpy()
+        log_w = gathered[:, 0]
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+        loss = -float(log_w.mean())
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        rec = {"step": self.step + 1, "loss": loss, "ess": ess(log_w),
+               "log_z": _log_mean_exp(log_w) if finite else None, "lr": lr,
+               "grad_norm": grad_norm}
+        self.bad_reason = "" if finite else "non-finite loss or gradient"
+        if path:
+            inverse_error = _max_abs(gathered[:, 1])
+            rec["inverse_error"] = inverse_error
+            if finite and inverse_error > tc.max_inverse_error > 0:
+                self.bad_reason = (f"inverse pass off by {inverse_error:.3g} nats in log q > "
+                                   f"train.max_inverse_error = {tc.max_inverse_error}")
+        if not self.bad_reason:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.skipped += 1
+        self.step += 1
+        rec["skipped"] = self.skipped
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """ESS, log Z and independence-Metropolis acceptance on ``eval_batch_size`` fresh
+        samples (stream ``(seed, eval, step)``), spread over the ranks."""
+        tc, model = self.tc, self.model
+        local = self.ctx.share(tc.eval_batch_size)
+        micro = tc.micro_batch_size or len(local)
+        log_w = []
+        for lo in range(0, len(local), micro):
+            idx = local[lo:lo + micro]
+            u, logdet = model(model.prior(idx, seed=tc.seed, stream=STREAM_EVAL, step=self.step))
+            log_w.append(-self.action(u) + logdet)
+        lw = self.ctx.gather(torch.cat(log_w), tc.eval_batch_size).double().cpu().numpy()
+        uniforms = np.random.default_rng([tc.seed, STREAM_EVAL, self.step]).random(len(lw))
+        _, accepted, _, _ = independence_metropolis(lw, uniforms)
+        return {"eval_ess": ess(lw), "eval_log_z": _log_mean_exp(lw),
+                "eval_acceptance": float(accepted[1:].mean()) if len(lw) > 1 else None,
+                "eval_loss": -float(lw.mean())}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or only to step ``until``), checkpoint, plot."""
+        tc, comm = self.tc, self.comm
+        last_step = tc.steps if until is None else min(until, tc.steps)
+        t_start = time.perf_counter()
+        walltime = tc.walltime_seconds()
+        previous = self._install_signal_handlers()
+        progress = self.ctx.progress(tc.steps, initial=self.step, desc="train", unit="step")
+        reason = "done"
+        try:
+            while self.step < last_step:
+                t0 = time.perf_counter()
+                rec = self.train_step()
+                if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
+                    rec.update(self.evaluate())
+                dt = time.perf_counter() - t0
+                self.max_step_time = max(self.max_step_time, dt)
+                now = time.perf_counter() - t_start
+                rec.update(time=self.elapsed_before + now, step_time=dt,
+                           samples_per_s=tc.batch_size / dt)
+                self._last = rec
+                if self.bad_steps > tc.max_bad_steps:
+                    path = self.checkpoint()
+                    raise HpcflowError(
+                        f"training diverged: {self.bad_steps} consecutive bad steps (the "
+                        f"last: {self.bad_reason}; train.max_bad_steps = "
+                        f"{tc.max_bad_steps}); the last good state is in {path}; lower "
+                        f"train.lr, set train.grad_clip or use model.dtype: float64")
+                if comm.is_root and (self.step % tc.log_every == 0 or self.step == tc.steps
+                                     or "eval_ess" in rec):
+                    self.metrics.write(rec)
+                    if self.tensorboard is not None:
+                        self.tensorboard.write(rec)
+                progress.update(1, line=_progress_line(rec, tc.steps), force="eval_ess" in rec,
+                                loss=f"{rec['loss']:.3f}", ess=f"{rec['ess']:.3f}")
+                margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
+                stop = comm.allreduce_max(float(max(self._signal, 0)))
+                over = now + margin > walltime
+                if stop or over:
+                    reason = (f"signal {signal.Signals(int(stop)).name}" if stop
+                              else "walltime")
+                    break
+                if self.step % tc.checkpoint_every == 0 and self.step < last_step:
+                    self.checkpoint()
+            self.checkpoint()
+        finally:
+            progress.close()
+            self._restore_signal_handlers(previous)
+            if comm.is_root:
+                self.metrics.close()
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
+        if reason != "done":
+            self.ctx.log.info(f"stopped at step {self.step} ({reason}); run the same command "
+                              f"again to resume")
+        if comm.is_root and tc.plot and plot_training(self.run_dir) is None:
+            self.ctx.log.info("training.png not drawn: matplotlib is missing "
+                              "(pip install 'hpcflow[plot]')")
+        return TrainResult(step=self.step, reason=reason, last=self._last)
+
+    def checkpoint(self) -> Path | None:
+        """Rank 0 writes the full training state; all ranks wait for it."""
+        path = None
+        if self.comm.is_root:
+            t0 = time.perf_counter()
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "config": self.cfg.to_dict(),
+                "trainer": {"skipped": self.skipped,
+                            "elapsed": self._last.get("time", self.elapsed_before)},
+            }
+            path = save_checkpoint(self.checkpoint_dir, self.step, payload)
+            prune_checkpoints(self.checkpoint_dir, self.tc.keep_checkpoints)
+            self.ckpt_time = max(self.ckpt_time, time.perf_counter() - t0)
+        self.comm.barrier()
+        return path
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        previous = {}
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        for name in _STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    previous[sig] = signal.signal(sig, handler)
+                except ValueError:  # not the main thread
+                    pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _progress_line(rec: dict, total: int) -> str:
+    """The log line of a training step: loss, ESS, rate, time, and the evaluation if any."""
+    extra = ""
+    if rec.get("eval_acceptance") is not None:
+        extra = f" eval_ess {rec['eval_ess']:.4f} acc {rec['eval_acceptance']:.3f}"
+    return (f"step {rec['step']:>7}/{total} loss {rec['loss']:+.4f} ess {rec['ess']:.4f} "
+            f"lr {rec['lr']:.2e} {rec['time']:8.1f}s{extra}")
+
+
+def _log_mean_exp(log_w: np.ndarray) -> float:
+    """``log mean w`` from ``log w``: the batch estimate of ``log Z``."""
+    return logsumexp(log_w) - math.log(len(log_w))

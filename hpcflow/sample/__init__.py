@@ -1,2 +1,0 @@
-"""Sampling: reference Markov chains (Hybrid Monte Carlo, ``hmc.py``) and sample files
-(``storage.py``)."""

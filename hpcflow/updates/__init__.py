@@ -1,0 +1,1 @@
+"""Exact Markov-chain updates of lattice gauge fields: HMC (``hmc``)."""

@@ -1,0 +1,350 @@
+"""Training: reproducibility, checkpoint/restart (also after kill -9), refusals, bad steps."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcflow import HpcflowError, load_config, load_model
+from hpcflow.app.metrics import read_metrics
+from hpcflow.app.train import Trainer
+from hpcflow.distributed import NoneComm
+from hpcflow.io.checkpoint import list_checkpoints
+from tests.helpers import TINY_U1, clean_env, run_ctx
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = TINY_U1
+
+
+def train(run_dir, *extra, until=None):
+    cfg = load_config(None, TINY + list(extra))
+    trainer = Trainer(cfg, run_ctx(run_dir))
+    return trainer, trainer.run(until=until)
+
+
+def final_params(run_dir):
+    return load_model(run_dir).state_dict()
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metrics_without_time(run_dir):
+    keep = ("step", "loss", "ess", "lr", "grad_norm", "eval_ess", "eval_acceptance")
+    return [{k: r.get(k) for k in keep} for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path):
+    _, r1 = train(tmp_path / "a")
+    _, r2 = train(tmp_path / "b")
+    _, r3 = train(tmp_path / "c", "train.seed=1")
+    m1, m2, m3 = (metrics_without_time(tmp_path / d) for d in "abc")
+    assert len(m1) == 12 and m1 == m2
+    assert [r["loss"] for r in m1] != [r["loss"] for r in m3]
+    assert r1.step == 12 and r1.reason == "done"
+    # the loss goes down: training does something
+    assert m1[-1]["loss"] < m1[0]["loss"]
+    rec = read_metrics(tmp_path / "a" / "metrics.jsonl")[0]
+    for key in ("step", "loss", "ess", "lr", "time"):
+        assert key in rec
+
+
+def test_resume_continues_to_identical_parameters(tmp_path):
+    train(tmp_path / "full")
+    train(tmp_path / "part", until=7)  # stops at 7 (checkpoint at the end)
+    assert [s for s, _ in list_checkpoints(tmp_path / "part" / "checkpoints")][-1] == 7
+    _, res = train(tmp_path / "part")           # same command, more steps: resumes
+    assert res.step == 12
+    assert same_state(final_params(tmp_path / "full"), final_params(tmp_path / "part"))
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "part")
+
+
+def test_one_trainer_runs_in_stages(tmp_path):
+    """``run(until=)`` twice on the same trainer (a notebook's use) continues the metrics file."""
+    train(tmp_path / "full")
+    trainer, first = train(tmp_path / "staged", until=5)
+    second = trainer.run()
+    assert (first.step, second.step) == (5, 12)
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "staged")
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path):
+    train(tmp_path / "full")
+    run = tmp_path / "r"
+    train(run, until=9)
+    ckpts = list_checkpoints(run / "checkpoints")
+    newest = ckpts[-1][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
+    warnings = []
+    cfg = load_config(None, TINY)
+    trainer = Trainer(cfg, run_ctx(run, messages=warnings))
+    assert trainer.step == ckpts[-2][0]
+    assert any("skipping unreadable checkpoint" in w for w in warnings)
+    trainer.run()
+    assert same_state(final_params(tmp_path / "full"), final_params(run))
+
+
+def test_incompatible_config_is_refused(tmp_path):
+    train(tmp_path / "r", "train.steps=3")
+    with pytest.raises(HpcflowError, match="model.layers"):
+        train(tmp_path / "r", "model.layers=16")
+    with pytest.raises(HpcflowError, match="lattice.shape"):
+        train(tmp_path / "r", "lattice.shape=[8, 8]")
+    train(tmp_path / "r", "train.steps=5", "train.lr=0.001")  # training keys may change
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    cfg = load_config(None, TINY + ["train.max_bad_steps=2"])
+    trainer = Trainer(cfg, run_ctx(tmp_path / "r"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_action = trainer.action
+    trainer.action = lambda u: real_action(u) * float("nan")
+    with pytest.raises(HpcflowError, match="non-finite"):
+        trainer.run()
+    assert trainer.skipped == 3
+    # the state saved is the last good one (no NaN got into the parameters)
+    saved = load_model(tmp_path / "r").state_dict()
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+
+
+def test_batch_must_split_over_ranks(tmp_path):
+    comm = NoneComm()
+    comm.size = 2  # only the arithmetic of the split is checked here
+    cfg = load_config(None, TINY + ["train.batch_size=7"])
+    with pytest.raises(HpcflowError, match="train.batch_size"):
+        Trainer(cfg, run_ctx(tmp_path, comm))
+
+
+# ------------------------------------------------------------------------- kill -9 and resume
+def _cli(run_dir, *extra, env=None):
+    args = [sys.executable, "-m", "hpcflow", "train", "-", "-o", str(run_dir)]
+    for item in TINY + ["train.steps=24", "train.eval_every=0"] + list(extra):
+        args += ["--set", item]
+    return args
+
+
+def _run_config_file(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    return path
+
+
+def test_kill_minus_nine_then_resume_gives_identical_parameters(tmp_path):
+    """Kill -9 at three different moments (one while a checkpoint is being written), resume
+    each time with the same command; the final parameters equal an uninterrupted run's."""
+    cfg_file = _run_config_file(tmp_path)
+    base_env = clean_env()
+
+    def command(run_dir):
+        return [a if a != "-" else str(cfg_file) for a in _cli(run_dir)]
+
+    ref = tmp_path / "ref"
+    subprocess.run(command(ref), check=True, capture_output=True, env=base_env, timeout=300)
+
+    run = tmp_path / "killed"
+    env = {**base_env, "HPCFLOW_ATOMIC_DELAY": "0.5"}
+    kills = 0
+    # 1) during a checkpoint write: wait for a temporary checkpoint file, then kill -9
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((run / "checkpoints").glob(".step-*.tmp-*")):
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert kills == 1, "never saw a checkpoint being written"
+    assert list((run / "checkpoints").glob(".step-*.tmp-*"))  # a half-written file was left
+    # 2), 3) at two other moments: after the 2nd and the 5th metrics line
+    for lines in (2 + 3 * kills, 5 + 3 * kills):
+        proc = subprocess.Popen(command(run), env=base_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            path = run / "metrics.jsonl"
+            if path.exists() and len(path.read_text().splitlines()) >= lines:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    assert kills == 3
+    res = subprocess.run(command(run), env=base_env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stdout + res.stderr
+    assert same_state(final_params(ref), final_params(run))
+    assert metrics_without_time(ref) == metrics_without_time(run)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated or lost lines
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    cfg_file = _run_config_file(tmp_path)
+    env = clean_env()
+    run = tmp_path / "r"
+    cmd = [a if a != "-" else str(cfg_file) for a in _cli(run, "train.steps=100000")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        path = run / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped at step" in out and "SIGTERM" in out
+    step = list_checkpoints(run / "checkpoints")[-1][0]
+    assert step >= 3 and load_model(run).checkpoint_step == step
+
+
+def test_profile_writes_a_trace_and_leaves_no_checkpoint(tmp_path):
+    cfg_file = _run_config_file(tmp_path)
+    run = tmp_path / "r"
+    cmd = [a if a != "-" else str(cfg_file) for a in _cli(run)] + ["--profile"]
+    res = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Self CPU" in res.stdout and (run / "profile" / "trace-r00000.json").stat().st_size
+    assert not list_checkpoints(run / "checkpoints")
+
+
+def test_tensorboard_without_package_is_a_config_error(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(HpcflowError, match="train.tensorboard"):
+            train(tmp_path / "r", "train.tensorboard=true")
+    else:
+        train(tmp_path / "r", "train.tensorboard=true", until=2)
+        assert list((tmp_path / "r" / "tensorboard").iterdir())
+
+
+def test_training_plot_is_written(tmp_path):
+    train(tmp_path / "r", "train.plot=true", until=4)
+    assert (tmp_path / "r" / "training.png").stat().st_size > 1000
+
+
+def test_trace_summary_self_times_and_calls():
+    from hpcflow.app.profile import format_summary, summarize_trace
+    x = {"ph": "X", "cat": "cpu_op", "pid": 1, "tid": 1}
+    events = [dict(x, name="outer", ts=0.0, dur=100.0),
+              dict(x, name="inner", ts=10.0, dur=30.0),
+              dict(x, name="inner", ts=50.0, dur=20.0),
+              dict(x, name="outer", ts=200.0, dur=10.0),
+              dict(x, name="inner", ts=5.0, dur=1.0, tid=2),      # another thread
+              {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 20.0,
+               "dur": 40.0},
+              {"ph": "i", "cat": "cpu_instant_event", "name": "mark", "ts": 1.0}]
+    rows = {(r["name"], r["kind"]): r for r in summarize_trace(events, steps=2)}
+    assert rows[("outer", "cpu")]["calls"] == 1.0
+    assert rows[("outer", "cpu")]["self_ms"] == pytest.approx((50 + 10) / 2 / 1e3)
+    assert rows[("outer", "cpu")]["total_ms"] == pytest.approx(110 / 2 / 1e3)
+    assert rows[("inner", "cpu")]["self_ms"] == pytest.approx(51 / 2 / 1e3)
+    assert rows[("gemm", "device")]["self_ms"] == pytest.approx(20 / 1e3)
+    assert len(rows) == 3
+    text = format_summary(list(rows.values()))
+    assert "Self CPU" in text and "Self device" in text
+
+
+def test_recomputed_layers_give_the_same_training(tmp_path):
+    """Activation checkpointing changes memory, not numbers: same metrics and parameters."""
+    train(tmp_path / "plain", "train.steps=4")
+    trainer, _ = train(tmp_path / "recomputed", "train.steps=4", "train.recompute_layers=true")
+    assert trainer.model.recompute
+    assert metrics_without_time(tmp_path / "plain") == metrics_without_time(tmp_path / "recomputed")
+    assert same_state(final_params(tmp_path / "plain"), final_params(tmp_path / "recomputed"))
+
+
+@pytest.mark.parametrize("group", ["U1", "SU2"])
+def test_path_gradient_is_reparameterized_minus_score(group):
+    """Path gradient + score term = the reparameterized gradient, parameter by parameter
+    (float64): d/dtheta log q(f(z)) = d log q/dtheta at fixed U + d log q/dU . df/dtheta."""
+    from hpcflow import build_action, build_model
+    from hpcflow.app.train import path_log_prob
+    from hpcflow.flows.prior import STREAM_TRAIN
+
+    cfg = load_config(None, TINY + [f"lattice.group={group}"])
+    torch.manual_seed(3)
+    model, action = build_model(cfg), build_action(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # away from the identity map
+    z = model.prior(range(6), seed=0, stream=STREAM_TRAIN)
+
+    def grads(objective):
+        model.zero_grad()
+        objective().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    def reparameterized():
+        u, logdet = model(z)
+        return (action(u) - logdet).mean()
+
+    def path():
+        u, _ = model(z)
+        return (action(u) + path_log_prob(model, u)).mean()
+
+    def score():
+        return model.log_prob(model(z)[0].detach()).mean()
+
+    g_rep, g_path, g_score = grads(reparameterized), grads(path), grads(score)
+    assert all(p.requires_grad for p in model.parameters())
+    assert g_score.norm() > 1e-3 * g_rep.norm()  # the term dropped is not negligible here
+    assert torch.allclose(g_rep, g_path + g_score, atol=1e-9 * g_rep.norm())
+
+
+def test_path_gradient_training_learns_and_recomputes_identically(tmp_path):
+    """Path-gradient training lowers the loss, differs from the default estimator, and
+    activation checkpointing (forward and inverse passes) leaves its numbers unchanged."""
+    _, result = train(tmp_path / "p", "train.gradient=path")
+    m = metrics_without_time(tmp_path / "p")
+    assert result.step == 12 and m[-1]["loss"] < m[0]["loss"]
+    train(tmp_path / "r")  # same schedule, default estimator
+    r = metrics_without_time(tmp_path / "r")
+    # the same first samples and loss, different gradients, then different trajectories
+    assert m[0]["loss"] == r[0]["loss"] and m[0]["grad_norm"] != r[0]["grad_norm"]
+    assert [x["loss"] for x in m[1:]] != [x["loss"] for x in r[1:]]
+    train(tmp_path / "pr", "train.gradient=path", "train.recompute_layers=true")
+    assert metrics_without_time(tmp_path / "pr") == m
+    assert same_state(final_params(tmp_path / "p"), final_params(tmp_path / "pr"))
+    # the inverse pass reproduced the forward log q at every step
+    errors = [r["inverse_error"] for r in read_metrics(tmp_path / "p" / "metrics.jsonl")]
+    assert len(errors) == len(m) and max(errors) < 1e-3
+
+
+def _broken_inverse_trainer(run_dir, *extra):
+    """A path-gradient trainer whose inverse pass misses log q by 5 nats."""
+    cfg = load_config(None, TINY + ["train.gradient=path", *extra])
+    trainer = Trainer(cfg, run_ctx(run_dir))
+    inverse = trainer.model.inverse
+
+    def broken(links):
+        x, log_q = inverse(links)
+        return x, log_q + 5.0
+
+    trainer.model.inverse = broken
+    return trainer
+
+
+def test_path_steps_with_a_broken_inverse_are_skipped_then_stop(tmp_path):
+    trainer = _broken_inverse_trainer(tmp_path / "r", "train.max_bad_steps=2")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(HpcflowError, match="train.max_inverse_error"):
+        trainer.run()
+    assert trainer.skipped == 3
+    saved = load_model(tmp_path / "r").state_dict()
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+    # the check can be switched off: then the (wrong) steps are taken
+    trainer = _broken_inverse_trainer(tmp_path / "off", "train.max_inverse_error=0")
+    assert trainer.run().step == 12 and trainer.skipped == 0
+    errors = [r["inverse_error"] for r in read_metrics(tmp_path / "off" / "metrics.jsonl")]
+    assert all(abs(e - 5.0) < 1e-3 for e in errors)

@@ -1,0 +1,23 @@
+"""Suite-wide checks: every test file is collected when the whole suite runs."""
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Fail the run when a ``tests/**/test_*.py`` file yields no test while the whole suite
+    was asked for (a folder pytest skips, a file that does not import, a misnamed test)."""
+    asked = [Path(a.split("::")[0]).resolve() for a in config.args] or [Path.cwd()]
+    if not any(TESTS == a or TESTS.is_relative_to(a) for a in asked):
+        return
+    expected = {p.resolve() for p in TESTS.rglob("test_*.py")
+                if not any(part.startswith(".") for part in p.parts)}
+    collected = {Path(str(item.path)).resolve() for item in items}
+    missing = sorted(str(p.relative_to(TESTS.parent)) for p in expected - collected)
+    if missing:
+        raise pytest.UsageError(f"test files not collected (CI would never run them): "
+                                f"{', '.join(missing)}")
