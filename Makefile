@@ -8,7 +8,7 @@ CONFIG ?= configs/demo.yaml
 RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 MPIRUN := $(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m hpcflow
 
-.PHONY: install horovod run test lint bench clean
+.PHONY: install horovod run test lint bench docs clean
 
 # CPU install path: torch pinned to the CPU wheel of these machines; the package itself asks
 # for a range (setup.py) so that clusters keep their own CUDA/ROCm/XPU builds. mpich provides
@@ -44,8 +44,18 @@ test: lint horovod
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
+# The docs: docs/config.md from the typed configuration, the API pages from the docstrings
+# (docs/api/, offline, not committed). docs/physics.md and docs/file-format.md are written by hand.
+API_MODULES = $$($(BIN)/python -c "import pkgutil, hpcflow; print(*['hpcflow'] + [m.name \
+	for m in pkgutil.walk_packages(hpcflow.__path__, 'hpcflow.') if m.name != 'hpcflow.__main__'])")
+docs: install
+	$(BIN)/python -c "from hpcflow.app.config import config_reference as r; print(r(), end='')" \
+		> docs/config.md
+	$(BIN)/pdoc --docformat restructuredtext -o docs/api $(API_MODULES)
+	@echo "docs: docs/config.md and docs/api/index.html"
+
 bench: install
 	$(BIN)/python perf/bench_loops.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/api

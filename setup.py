@@ -37,7 +37,9 @@ setup(
         # Horovod needs a compiler wrapper and build flags: use launch/install_horovod.sh.
         "horovod": ["horovod==0.28.1"],
         "plot": ["matplotlib>=3.6"],
-        "test": ["pytest>=7", "ruff>=0.5"],
+        # pdoc builds docs/api (make docs); the tests build it too, to keep it building.
+        "test": ["pytest>=7", "ruff>=0.5", "pdoc>=14"],
+        "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["hpcflow = hpcflow.cli:main"]},
     classifiers=[

@@ -1,4 +1,4 @@
-"""Command line: ``hpcflow <command>`` (docs/usage.md, "Command line").
+"""Command line: ``hpcflow <command>`` (README.md, "Command line").
 
 A thin layer: it parses the arguments, loads the configuration and calls the application
 (``hpcflow.app``) inside a run context. It is also the error boundary: a

@@ -353,7 +353,7 @@ def ess(log_weight) -> float:
 
 
 def log_z_estimate(log_weight, method: str = "delta", n_blocks: int | None = None) -> Estimate:
-    """``log Z ~ log((1/n) sum w)`` from ``log w: [n]`` (PHYSICS.md, "Training and sampling").
+    """``log Z ~ log((1/n) sum w)`` from ``log w: [n]`` (docs/physics.md, "Training and sampling").
 
     ``method="delta"`` (independent proposals): the delta method gives
     ``Var(log mean w) ~ Var(w) / (n E[w]^2)``, i.e. error ``sqrt((1/ESS - 1) / (n - 1))``;

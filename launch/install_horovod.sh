@@ -3,7 +3,7 @@
 #   bash launch/install_horovod.sh [VENV]          (default VENV: .venv next to this repository)
 #
 # Horovod is dormant upstream (last release 0.28.1, 2023) but still builds against torch 2.13
-# with three adjustments (shared/ENVIRONMENT.md, "Horovod"):
+# with three adjustments (README.md, "Horovod"):
 #   1. its extension asks for C++14 while torch >= 2.1 headers need C++17: CXX is a small wrapper
 #      that rewrites -std=c++14 / -std=c++11 to -std=c++17 (torch >= 2.14 would need C++20);
 #   2. CMake >= 4 refuses the bundled gloo's old cmake_minimum_required:

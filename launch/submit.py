@@ -51,7 +51,7 @@ class System:
 
 
 SYSTEMS = {
-    # ENVIRONMENT.md, "Cluster launch facts".
+    # launch/README.md.
     "aurora": System(
         "pbs", 12, "torch", "xpu", "prod",
         "module load frameworks",

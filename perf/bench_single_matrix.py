@@ -1,6 +1,6 @@
 """Single-matrix SU(3) flows: Haar -> class-function densities of arXiv:2008.05456.
 
-Targets (ALGORITHMS.md, "Single-matrix targets for SU(3)"), densities with respect to the
+Targets (docs/physics.md, "SU(N) spectral transform"), densities with respect to the
 normalized Haar measure:
 
     log p(U) = (beta / 3) Re tr(c1 U + c2 U^2 + c3 U^3) - log Z,   beta = 9,

@@ -107,6 +107,7 @@ class NetConfig:
     kernel_size: int = 3
     """Odd kernel extent along every lattice axis."""
     activation: Literal["tanh", "gelu", "relu", "silu", "leaky_relu"] = "tanh"
+    """Nonlinearity between the convolutions."""
     conv: Literal["full", "factorized", "tucker"] = "full"
     """``full``: dense ConvNd (4D from 3D convolutions); ``factorized``: CP; ``tucker``."""
     rank: int = 8
@@ -173,6 +174,7 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])
     """multistep: fractions of ``steps`` at which the rate is multiplied by ``gamma``."""
     gamma: float = 0.3
+    """multistep: factor applied to the rate at each milestone."""
     gradient: Literal["reparameterized", "path"] = "reparameterized"
     """Gradient estimator of the reverse KL. ``reparameterized``: backward through
     ``log q + S`` of the forward pass. ``path``: drop the score term, whose mean is zero but
@@ -182,6 +184,7 @@ class TrainConfig:
     amsgrad: bool = True
     """Adam with amsgrad (talk: long runs can go unstable with plain Adam)."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) when positive."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     micro_batch_size: int = 0
@@ -194,8 +197,11 @@ class TrainConfig:
     eval_every: int = 100
     """Steps between evaluations on a larger batch (ESS, log Z, acceptance); 0 disables."""
     eval_batch_size: int = 1024
+    """Samples of each evaluation (GLOBAL, split over the ranks)."""
     checkpoint_every: int = 100
+    """Steps between checkpoints (one is also written at the end and on a stop signal)."""
     keep_checkpoints: int = 3
+    """Newest checkpoints kept; older ones are deleted."""
     walltime: str | float = ""
     """Stop in time to checkpoint before this much wall time, ``HH:MM:SS`` or seconds."""
     max_bad_steps: int = 10
@@ -209,6 +215,7 @@ class TrainConfig:
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise reproducible runs and restarts."""
     tensorboard: bool = False
+    """Mirror the metrics as TensorBoard scalars in RUN_DIR/tensorboard (needs tensorboard)."""
     plot: bool = True
     """Write loss/ESS/acceptance plots (PNG) at the end of training."""
 
@@ -278,12 +285,15 @@ class HMCConfig:
     step_size: float = 0.1
     """Initial step size; tuned during thermalization to ``target_acceptance``, then fixed."""
     integrator: Literal["omelyan", "leapfrog"] = "omelyan"
+    """Molecular-dynamics integrator (Omelyan's 2nd-order minimum-norm scheme or leapfrog)."""
     target_acceptance: float = 0.8
+    """Mean Metropolis probability the step-size tuning aims at."""
     thermalization: int = 200
     """Trajectories before the first saved configuration (step size tuned meanwhile)."""
     save_every: int = 1
     """Trajectories between saved configurations."""
     start: Literal["hot", "cold"] = "hot"
+    """Start from Haar-random links (hot) or the identity (cold)."""
 
     def check(self, key: str) -> None:
         _positive(self.n_steps, f"{key}.n_steps")
@@ -302,7 +312,11 @@ class DistributedConfig:
     """``distributed``: how ranks talk and which device each uses."""
 
     backend: Literal["auto", "none", "mpi", "torch", "horovod"] = "auto"
+    """How ranks exchange data. ``auto``: none for one process, mpi (mpi4py) for several,
+    torch under torchrun; ``torch``: torch.distributed (gloo, nccl, xccl); ``horovod``."""
     device: Literal["auto", "cpu", "cuda", "xpu"] = "auto"
+    """Where each rank computes; ``auto``: cuda, else xpu, else cpu. One accelerator per rank,
+    chosen from the local rank."""
     threads: int = 0
     """CPU threads per rank for torch; 0: the node's cores split over its ranks, or torch's
     default where OMP_NUM_THREADS is set or the launcher binds the ranks to cores."""
@@ -580,13 +594,14 @@ def _type_name(tp) -> str:
 def config_reference() -> str:
     """``docs/config.md``: every key with its type, default and meaning, from the classes."""
     lines = ["# Configuration reference", "",
-             "Generated from `hpcflow/app/config.py` by `python -m hpcflow.app.config` "
-             "(`make docs`); a test keeps it in step with the code. YAML files take these keys; "
+             "Generated from `hpcflow/app/config.py` by `make docs` "
+             "(`hpcflow.app.config.config_reference()`); a test keeps it in step with the code. YAML files take these keys; "
              "`--set KEY=VALUE` overrides any of them with a YAML value. Only `lattice.shape`, "
              "`lattice.group` and `action.beta` are required.", ""]
 
     def section(cls, key: str) -> None:
-        lines.extend([f"## `{key}`", "", " ".join((cls.__doc__ or "").split()), "",
+        lines.extend([f"## `{key}`", "", " ".join((cls.__doc__ or "").split()).replace("``", "`"),
+                      "",
                       "| key | type | default | meaning |", "| --- | --- | --- | --- |"])
         hints, docs, nested = typing.get_type_hints(cls), _field_docs(cls), []
         for f in dataclasses.fields(cls):
@@ -604,8 +619,8 @@ def config_reference() -> str:
             text = yaml.safe_dump(default, default_flow_style=True).strip()
             shown = "required" if default == "required" or key == "lattice" \
                 else f"`{text.removesuffix('...').strip()}`"
-            lines.append(f"| `{key}.{f.name}` | {_type_name(tp)} | {shown} | "
-                         f"{docs.get(f.name, '')} |")
+            meaning = docs.get(f.name, "").replace("``", "`")
+            lines.append(f"| `{key}.{f.name}` | {_type_name(tp)} | {shown} | {meaning} |")
         lines.append("")
         for cls2, key2 in nested:
             section(cls2, key2)
@@ -615,6 +630,3 @@ def config_reference() -> str:
         section(hints[f.name], f.name)
     return "\n".join(lines).rstrip() + "\n"
 
-
-if __name__ == "__main__":
-    print(config_reference(), end="")

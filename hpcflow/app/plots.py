@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..io.atomic import atomic_path
 from .metrics import read_metrics
 
 __all__ = ["plot_training"]
@@ -40,8 +41,7 @@ def plot_training(run_dir: str | Path) -> Path | None:
                 ax.set_ylim(0, 1)
     fig.tight_layout()
     out = run_dir / "training.png"
-    tmp = run_dir / ".training.png.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)
     return out

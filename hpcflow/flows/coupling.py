@@ -4,7 +4,7 @@ For each active link ``U = U_mu(x)`` and one of its active loops, re-rooted as a
 ``W = U S`` that starts with the link (``S``: frozen links only), the layer maps
 ``W -> W' = h(W | I)`` with a conjugation-equivariant ``h`` whose parameters come from a context
 network ``I`` of frozen loops, and sets ``U' = W' W^dagger U`` so that ``U' S = W'``
-(PHYSICS.md, "Gauge-equivariant coupling layer"; arXiv:2003.06413, arXiv:2305.02402).
+(docs/physics.md, "Gauge-equivariant coupling layer"; arXiv:2003.06413, arXiv:2305.02402).
 ``U -> W`` is a right translation, so ``log|det J| = sum_active log J_h(W)``.
 
 Multi-update (talk: "Update link several times using all active plaquettes"): the layer runs

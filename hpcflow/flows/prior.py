@@ -2,9 +2,9 @@
 
 Every prior sample is a deterministic function of ``(seed, stream, index)``: its own
 ``torch.Generator`` is seeded from ``numpy.random.SeedSequence([seed, stream, index])``
-(ENVIRONMENT.md: collision-free seeding, never ``seed * (rank + 1)``). So a batch split over any
+(collision-free seeding, never ``seed * (rank + 1)``). So a batch split over any
 number of ranks, or a run resumed after a crash, draws exactly the same configurations.
-The density is ``log r = 0`` with respect to the normalized Haar measure (PHYSICS.md).
+The density is ``log r = 0`` with respect to the normalized Haar measure (docs/physics.md).
 """
 
 from __future__ import annotations

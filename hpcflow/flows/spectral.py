@@ -2,8 +2,8 @@
 
 An open loop ``W = V diag(exp(i phi)) V^dagger`` is mapped to ``W' = V diag(exp(i phi')) V^dagger``
 with ``phi' = g(phi | params)`` a permutation-equivariant bijection of the eigen-angles
-(arXiv:2008.05456, Boyda et al., "Sampling using SU(N) gauge equivariant flows"; PHYSICS.md,
-"SU(N) spectral flow"; ALGORITHMS.md, "SU(N) spectral transform"). Because ``V`` is kept,
+(arXiv:2008.05456, Boyda et al., "Sampling using SU(N) gauge equivariant flows"; docs/physics.md,
+"SU(N) spectral flow"; docs/physics.md, "SU(N) spectral transform"). Because ``V`` is kept,
 ``h(Omega W Omega^dagger) = Omega h(W) Omega^dagger``, and the link update only needs
 ``W' W^dagger = V diag(exp(i (phi' - phi))) V^dagger``, which does not depend on the phases of the
 eigenvectors. The log-Jacobian with respect to the Haar measure is (Weyl integration formula)
@@ -164,7 +164,7 @@ def sorted_angles(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted zero-sum representative of the eigen-angles of an SU(N) matrix (N = 2, 3).
 
     ``phi: [..., N]`` in ``(-pi, pi]`` with ``sum phi = 2 pi n``, ``n in {-1, 0, 1}``
-    (ALGORITHMS.md, "SU(3), canonical cell"): ``2 pi n`` is taken from the largest angle
+    (docs/physics.md, "SU(N) spectral transform"): ``2 pi n`` is taken from the largest angle
     (``n = 1``) or given to the smallest (``n = -1``), then the angles are sorted.
     Returns ``s: [..., N]`` ascending with ``s[..., k] = phi[..., perm[..., k]] mod 2 pi``,
     ``sum s = 0`` (up to rounding) and ``s[-1] - s[0] <= 2 pi``, and ``perm: [..., N]`` (int64).
@@ -184,7 +184,7 @@ def _unsort(s: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def su3_cell(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical cell of SU(3) -> unit square (ALGORITHMS.md, "SU(3), canonical cell").
+    """Canonical cell of SU(3) -> unit square (docs/physics.md, "SU(N) spectral transform").
 
     ``s = (x, y, z): [..., 3]`` from :func:`sorted_angles`. Returns ``w = (z - x) / 2 pi`` and
     ``r = (y - x) / (z - x)`` (``= 3 y / (4 pi w) + 1/2`` on the zero-sum plane, written as a
@@ -393,7 +393,7 @@ def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Ten
 def su3_spectral(
     phi: torch.Tensor, params: torch.Tensor, *, bins: int, modes: int, inverse: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spectral map of SU(3) on the canonical cell (arXiv:2008.05456; ALGORITHMS.md).
+    """Spectral map of SU(3) on the canonical cell (arXiv:2008.05456; docs/physics.md).
 
     The sorted zero-sum angles ``(x, y, z)`` become ``(w, r)`` in the unit square
     (:func:`su3_cell`), transformed by two coupling steps of ``interval_rqs`` on [0, 1] with
@@ -479,7 +479,7 @@ def _su3_log_j(w, r, w_c, r_c, w_new, r_new, w_new_c, r_new_c, ld_w, ld_r):
 
 
 class SUNTransform(LinkTransform):
-    """SU(N) spectral link transform, N = 2 or 3 (PHYSICS.md, "SU(N) spectral flow").
+    """SU(N) spectral link transform, N = 2 or 3 (docs/physics.md, "SU(N) spectral flow").
 
     ``h(W | params) = V diag(exp(i g(phi | params))) V^dagger`` for ``W = V diag(exp(i phi))
     V^dagger``, with ``g`` = :func:`su2_spectral` or :func:`su3_spectral`; conjugation- and

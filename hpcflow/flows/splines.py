@@ -2,7 +2,7 @@
 
 - `circular_rqs`: circular rational-quadratic spline plus a bias (rotation), a bijection of
   [0, 2 pi) (Durkan et al. 2019, arXiv:1906.04032; Rezende et al. 2020, arXiv:2002.02428). This is
-  the U(1) link transform "Rational quadratic spline with bias" (PHYSICS.md).
+  the U(1) link transform "Rational quadratic spline with bias" (docs/physics.md).
 - `interval_rqs`: monotone rational-quadratic spline on [lower, upper] with fixed end points
   (SU(2) eigen-angle on [0, pi], SU(3) canonical-cell coordinates on [0, 1]).
 - `ncp_mixture`: mixture of non-compact projections on [0, 2 pi) (Rezende et al. 2020; used for
@@ -204,7 +204,7 @@ def circular_rqs(
     """Circular rational-quadratic spline with bias, a bijection of the circle [0, 2 pi).
 
     Rezende et al. 2020 (arXiv:2002.02428), with the spline of Durkan et al. 2019
-    (arXiv:1906.04032); the recipe is ALGORITHMS.md, "Circular rational-quadratic spline with bias".
+    (arXiv:1906.04032); the recipe is docs/physics.md, "Circular rational-quadratic spline with bias".
 
     Args:
         theta: [...] angles, any real values (reduced mod 2 pi first).
@@ -257,7 +257,7 @@ def interval_rqs(
 
     Durkan et al. 2019 (arXiv:1906.04032), without the linear tails: the map sends lower -> lower
     and upper -> upper and is a bijection of [lower, upper]. Used for the SU(2) eigen-angle on
-    [0, pi] and the SU(3) canonical-cell coordinates on [0, 1] (ALGORITHMS.md, "SU(N) spectral
+    [0, pi] and the SU(3) canonical-cell coordinates on [0, 1] (docs/physics.md, "SU(N) spectral
     transform").
 
     Args:

@@ -5,7 +5,7 @@ and SU(N) lives here, behind four operations:
 
 - ``to_internal`` / ``from_internal``: public links ``[B, Nd, *L, Nc, Nc]`` <-> the internal form
   the flow works on (U(1): angles ``[B, Nd, *L]``; SU(N): the matrices themselves);
-- ``loop_features``: gauge-invariant channels of a frozen loop (PHYSICS.md, "Frozen loops");
+- ``loop_features``: gauge-invariant channels of a frozen loop (docs/physics.md, "Frozen loops");
 - ``transform``: the conjugation-equivariant map ``h(W | params)`` of an active open loop, with
   its log-Jacobian with respect to the Haar measure;
 - ``update_link``: ``U' = W' W^dagger U`` (for angles ``theta' = theta + phi' - phi``).

@@ -1,4 +1,4 @@
-"""HDF5 sample files, format_version 1 (CONTRACTS.md, "HDF5 sample files").
+"""HDF5 sample files, format_version 1 (docs/file-format.md).
 
 PyPI's h5py has no MPI driver, so every rank writes its own file ``DIR/shard-r{rank:05d}.h5`` and
 rank 0 then writes ``DIR/samples.h5``, whose datasets are HDF5 *virtual* datasets that join the
@@ -45,6 +45,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import InputFileError
 from ..lattice.groups import get_group
+from .atomic import atomic_path
 
 __all__ = [
     "FORMAT",
@@ -306,22 +307,13 @@ class ShardWriter:
         row_bytes = math.prod(row) * self.links_dtype.itemsize
         if chunk_rows is None:  # about 1 MiB per chunk, at least one row
             chunk_rows = max(1, min(1024, (1 << 20) // row_bytes))
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w") as f:
-                for k, v in self._attrs().items():
-                    f.attrs[k] = v
-                f.create_dataset("links", shape=(0, *row), maxshape=(None, *row),
-                                 dtype=self.links_dtype, chunks=(chunk_rows, *row))
-                for name, dt in ROW_DATASETS.items():
-                    f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt,
-                                     chunks=(4096,))
-                f.flush()
-                _fsync(f)
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+            for k, v in self._attrs().items():
+                f.attrs[k] = v
+            f.create_dataset("links", shape=(0, *row), maxshape=(None, *row),
+                             dtype=self.links_dtype, chunks=(chunk_rows, *row))
+            for name, dt in ROW_DATASETS.items():
+                f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
 
     def _check_for_resume(self) -> int:
         """Check the existing shard against this run; cut rows past ``n_written``."""
@@ -479,16 +471,8 @@ def write_master(directory: str | Path, world_size: int, *, name: str = MASTER_N
     row = (len(row), *row, first.attrs["nc"], first.attrs["nc"])
 
     final = directory / name
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_master_body(f, shards, counts, offsets, total, row, first)
-            f.flush()
-            _fsync(f)
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
+        _write_master_body(f, shards, counts, offsets, total, row, first)
     return final
 
 

@@ -1,6 +1,6 @@
 """Pure lattice gauge theory: groups, loops, actions, observables, exact results.
 
-Imports nothing else of the package (ARCHITECTURE.md).
+Imports nothing else of the package (tests/test_layers.py checks it).
 """
 
 from .action import GaugeAction, action_density, loop_density

@@ -1,4 +1,4 @@
-"""Exact results for 2D lattice gauge theory: the truth oracles of PHYSICS.md ("Exact results").
+"""Exact results for 2D lattice gauge theory: the truth oracles of docs/physics.md ("Exact results").
 
 Conventions: periodic 2D lattice ``L_0 x L_1`` with ``V = L_0 L_1`` plaquettes, product of
 normalized Haar measures, Wilson action ``S = -(beta/Nc) sum_P Re tr P`` (U(1):
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import special
+
+from .groups import get_group
 
 __all__ = [
     "u1_2d_log_z",
@@ -150,9 +151,9 @@ def _bessel_power_sum(beta: float, volume: int, start: int, symmetric: bool):
 def u1_2d_log_z(beta: float, volume: int) -> float:
     """``log Z`` of 2D U(1) Wilson gauge theory on a periodic lattice with ``V`` plaquettes.
 
-    ``Z = sum_{n in Z} I_n(beta)^V`` with the normalized Haar measure (PHYSICS.md, "Exact
+    ``Z = sum_{n in Z} I_n(beta)^V`` with the normalized Haar measure (docs/physics.md, "Exact
     results"; arXiv:2101.08176). With the flat ``d theta`` measure add ``2 V log(2 pi)``.
-    Example (ALGORITHMS.md): ``L = 8, beta = 2 -> 52.7355867``.
+    Example (docs/physics.md): ``L = 8, beta = 2 -> 52.7355867``.
     """
     beta = _check_beta(beta)
     volume = _check_int("volume", volume, 1)
@@ -164,7 +165,7 @@ def u1_2d_plaquette(beta: float, volume: int) -> float:
     """``<cos theta_P>`` of 2D U(1) at finite volume ``V``.
 
     ``<cos theta_P> = (1/V) d ln Z/d beta = sum_n I_n' I_n^(V-1) / sum_n I_n^V`` with
-    ``I_n' = (I_{n-1} + I_{n+1})/2 = I_{n+1} + (n/beta) I_n`` (``n >= 0``; PHYSICS.md). The
+    ``I_n' = (I_{n-1} + I_{n+1})/2 = I_{n+1} + (n/beta) I_n`` (``n >= 0``; docs/physics.md). The
     second form has no cancellation. Tends to ``I_1(beta)/I_0(beta)`` as ``V -> inf``.
     """
     beta = _check_beta(beta)
@@ -283,7 +284,7 @@ def u1_2d_topological_susceptibility(beta: float, volume: int) -> float:
 def su2_2d_log_z(beta: float, volume: int) -> float:
     """``log Z`` of 2D SU(2) Wilson gauge theory, ``V`` plaquettes, normalized Haar measure.
 
-    ``Z = sum_{k>=1} (2 I_k(beta)/beta)^V`` (PHYSICS.md): ``2 I_k/beta`` is the character
+    ``Z = sum_{k>=1} (2 I_k(beta)/beta)^V`` (docs/physics.md): ``2 I_k/beta`` is the character
     coefficient of the ``k``-dimensional irrep of ``exp((beta/2) tr U)`` divided by ``k``.
     """
     beta = _check_beta(beta)
@@ -346,7 +347,7 @@ def _sun_series(n: int, beta: float):
 def sun_log_z_one_plaquette(n: int, beta: float) -> float:
     """``log z(beta)``, ``z = int_{SU(N)} dU exp((beta/N) Re tr U)``, normalized Haar measure.
 
-    ``z = sum_{q in Z} det[I_{q+i-j}(beta/N)]_{i,j=1..N}`` (PHYSICS.md): the U(N) one-plaquette
+    ``z = sum_{q in Z} det[I_{q+i-j}(beta/N)]_{i,j=1..N}`` (docs/physics.md): the U(N) one-plaquette
     integral of Gross-Witten/Bars, ``det[I_{i-j}]``, with ``(det U)^q`` inserted to restrict to
     SU(N). Computed as ``beta + log sum_q det[ive_{q+i-j}(beta/N)]``. ``N = 1`` gives ``beta``.
     """
@@ -362,7 +363,7 @@ def sun_2d_plaquette_infinite_volume(n: int, beta: float) -> float:
     Jacobi's formula: ``d det M_q/dx = det M_q tr(M_q^{-1} M_q')`` with ``x = beta/N``,
     ``(M_q)_{ij} = I_{q+i-j}(x)``, ``(M_q')_{ij} = (I_{q+i-j-1} + I_{q+i-j+1})/2``, so
     ``<(1/N) Re tr P> = (1/N) sum_q w_q tr(M_q^{-1} M_q')`` with ``w_q = det M_q / z``.
-    The ``e^x`` scale of ``ive`` cancels in the trace. PHYSICS.md: finite-size corrections are
+    The ``e^x`` scale of ``ive`` cancels in the trace. docs/physics.md: finite-size corrections are
     negligible for ``V >= 64``.
     """
     n = _check_int("n", n, 1)
@@ -376,7 +377,7 @@ def sun_2d_plaquette_infinite_volume(n: int, beta: float) -> float:
 
 
 def wilson_loop_2d_infinite_volume(plaquette: float, area: int) -> float:
-    """``<W(A)> = <P>^A`` in 2D infinite volume, ``A`` = area in plaquettes (PHYSICS.md).
+    """``<W(A)> = <P>^A`` in 2D infinite volume, ``A`` = area in plaquettes (docs/physics.md).
 
     ``plaquette`` is the normalized plaquette ``<(1/Nc) Re tr P>``, in ``[-1, 1]``.
     """
@@ -394,13 +395,8 @@ def wilson_loop_2d_infinite_volume(plaquette: float, area: int) -> float:
 
 
 def _parse_group(group: str) -> int:
-    """``Nc`` from a group name ``"U1"`` (returns 1) or ``"SU<N>"`` with ``N >= 2``."""
-    if group == "U1":
-        return 1
-    m = re.fullmatch(r"SU(\d+)", str(group))
-    if m and int(m.group(1)) >= 2:
-        return int(m.group(1))
-    raise ValueError(f"unknown gauge group {group!r}; expected 'U1' or 'SU<N>' with N >= 2")
+    """``Nc`` of a group name (``ValueError`` for anything :func:`get_group` refuses)."""
+    return get_group(str(group)).nc
 
 
 def _volume_2d(shape: Sequence[int]) -> int | None:
@@ -422,7 +418,7 @@ def exact_plaquette(group: str, shape: Sequence[int], beta: float) -> float | No
     """Exact ``<(1/Nc) Re tr P>`` where one exists, else ``None``.
 
     2D: ``"U1"`` and ``"SU2"`` at the finite volume ``V = L_0 L_1``; ``"SU<N>"`` with ``N >= 3``
-    the infinite-volume value (PHYSICS.md: accurate for ``V >= 64``; an approximation below).
+    the infinite-volume value (docs/physics.md: accurate for ``V >= 64``; an approximation below).
     3D/4D: ``None`` (no exact answer; compare with a Markov chain instead).
     """
     nc = _parse_group(group)

@@ -2,7 +2,7 @@
 
 Group elements are complex matrices with the colour indices last: ``[..., Nc, Nc]``; U(1) is the
 ``Nc = 1`` case, so that every public tensor of the project has the layout
-``links: [B, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]`` (PHYSICS.md, "Lattice and fields").
+``links: [B, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]`` (docs/physics.md, "Lattice and fields").
 U(1) overrides the matrix operations with elementwise ones (a 1x1 product is a scalar product).
 
 The loop walker (``loops.py``) only needs ``mul``, ``dagger`` and ``elem_dims``; the
@@ -223,7 +223,7 @@ class SUN(Group):
         return torch.randn(*shape, n, n, 2, generator=generator, dtype=real, device=device)
 
     def from_noise(self, noise):
-        """Exact Haar sampling (ALGORITHMS.md, "Haar sampling of SU(N)").
+        """Exact Haar sampling (docs/physics.md, "Haar sampling of SU(N)").
 
         QR of a complex Gaussian matrix, phases of ``diag(R)`` moved into ``Q`` (without this
         the result is not Haar), then division by one N-th root of ``det Q``.
@@ -289,7 +289,7 @@ def random_gauge(group: Group, batch: int, shape, *, generator=None,
 
 
 def gauge_transform(links: torch.Tensor, omega: torch.Tensor, group: Group) -> torch.Tensor:
-    """Apply ``U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu)^dagger`` (PHYSICS.md, Gauge symmetry).
+    """Apply ``U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu)^dagger`` (docs/physics.md, Gauge symmetry).
 
     links: ``[B, Nd, *L, Nc, Nc]``; omega: ``[B, *L, Nc, Nc]``. Returns the transformed links.
     """

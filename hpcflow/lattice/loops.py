@@ -2,8 +2,8 @@
 
 A path is a tuple of steps ``(mu, sign)``: ``(mu, +1)`` walks the link ``U_mu(x)`` from ``x`` to
 ``x + mu``; ``(mu, -1)`` walks ``U_mu(x - mu)^dagger`` back to ``x - mu``. The matrix of a path
-based at ``x`` is the ordered product of its links (PHYSICS.md, "Loops"). The walker evaluates
-the path at every base site at once with ``torch.roll`` (ALGORITHMS.md, "Counting active links on
+based at ``x`` is the ordered product of its links (docs/physics.md, "Loops"). The walker evaluates
+the path at every base site at once with ``torch.roll`` (docs/physics.md, "Counting active links on
 loops"), for any :class:`~hpcflow.lattice.groups.Algebra`: SU(N) matrices, U(1) angles, or the
 indicator counts the masks use.
 
@@ -134,7 +134,7 @@ def link_offsets(path: Path, nd: int) -> Iterator[tuple[int, int, tuple[int, ...
 
 
 def shift(field: torch.Tensor, y, dims=None) -> torch.Tensor:
-    """``f(x + y)`` for every ``x`` (PHYSICS.md: a shift is ``roll(f, -1)``).
+    """``f(x + y)`` for every ``x`` (docs/physics.md: a shift is ``roll(f, -1)``).
 
     ``dims``: the lattice axes of ``field``, one per entry of ``y``; default: the last
     ``len(y)`` axes (site masks and counts ``[..., *L]``).
@@ -222,7 +222,7 @@ def reroot(path: Path, i: int, nd: int) -> tuple[Path, tuple[int, ...]]:
     Returns ``(new_path, base)``: ``new_path`` starts with ``(mu, +1)`` for the link of step
     ``i`` and ``base`` is that link's site relative to the old base (so the open loop of the
     link ``U_mu(x)`` is ``path_product(links, new_path)`` evaluated at ``x``). If step ``i`` is
-    a backward step, the loop is reversed first (PHYSICS.md: ``W = U S``).
+    a backward step, the loop is reversed first (docs/physics.md: ``W = U S``).
     """
     offsets = list(link_offsets(path, nd))
     mu, sign, base = offsets[i]

@@ -1,7 +1,7 @@
 """Gauge-invariant observables: plaquette, Wilson loops, Polyakov loops, 2D topological charge.
 
 All take ``links: [B, Nd, *L, Nc, Nc]`` and return one value per configuration ``[B]``
-(PHYSICS.md, "Exact results" for the conventions of the topological charge).
+(docs/physics.md, "Exact results" for the conventions of the topological charge).
 """
 
 from __future__ import annotations

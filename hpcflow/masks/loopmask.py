@@ -18,7 +18,7 @@ Three ways to count, kept in agreement by :func:`cross_check` (the tests call it
   walked with the additive :class:`~hpcflow.lattice.groups.Angles` algebra; a loop is NaN iff it
   touches an active link.
 
-Active-loop assignment (PHYSICS.md, "Gauge-equivariant coupling layer"): a candidate loop,
+Active-loop assignment (docs/physics.md, "Gauge-equivariant coupling layer"): a candidate loop,
 re-rooted with :func:`~hpcflow.lattice.loops.reroot` so that it starts with its active link, is
 an open loop ``W = U S`` with ``S`` made of frozen links only. :func:`candidate_loops` lists them,
 :func:`assign_active_loops` gives every active link ``multi_update`` different ones.

@@ -10,7 +10,7 @@ Nd = 1, 2, 3 call PyTorch's native convolutions after circular padding (exactly 
 ``torch.nn.ConvNd(padding_mode='circular')`` does). PyTorch has no 4D convolution, so Nd >= 4 uses
 "convolution layer in 4D is sum of convolution layers in 3D" (D. Boyda, Lattice 2021, slide
 "Convolutional layer in 4D"; used for the 4D flows of arXiv:2305.02402), in its fast form
-(see ALGORITHMS.md, "4D convolution from one 3D convolution"):
+(see docs/physics.md, "4D convolution from 3D convolutions"):
 
 1. fold the first lattice axis into the batch: ``[B, C_in, L_0, *R] -> [B*L_0, C_in, *R]`` (one
    copy, into channels-last memory, where the CPU convolution is ~25% faster);

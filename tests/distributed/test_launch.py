@@ -1,5 +1,5 @@
 """Dry runs of launch/submit.py (and launch/local.sh) for every system: the generated batch
-scripts carry each site's facts (ENVIRONMENT.md, "Cluster launch facts") and the hpcflow
+scripts carry each site's facts (launch/README.md) and the hpcflow
 command, and nothing is written or submitted."""
 
 import subprocess

@@ -2,7 +2,7 @@
 
 Checked: the eigen-decomposition and its gradients (also at degenerate eigenvalues),
 conjugation and permutation equivariance, invertibility, the log-Jacobian against autograd in
-Lie-algebra coordinates (ALGORITHMS.md recipe), the identity at zero parameters, the link update,
+Lie-algebra coordinates (docs/physics.md recipe), the identity at zero parameters, the link update,
 gauge-invariant features, the Haar normalization of exp(log J), and one coupling layer.
 """
 
@@ -195,7 +195,7 @@ def test_round_trip(n):
 @pytest.mark.parametrize("n", GROUPS)
 def test_log_j_equals_lie_algebra_jacobian(n):
     """log J = slogdet of J_ab = d/dv_b coord_a(h(exp(v.T) W) h(W)^dagger) at v = 0, with
-    coord_a(A) = Re tr(T_a^dagger (A - A^dagger)/2) (ALGORITHMS.md), to 1e-8. Through autograd
+    coord_a(A) = Re tr(T_a^dagger (A - A^dagger)/2) (docs/physics.md), to 1e-8. Through autograd
     this also checks the backward of unitary_eig."""
     g = SUN(n)
     lt = SUNTransform(g, bins=8)

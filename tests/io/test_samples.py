@@ -1,5 +1,5 @@
 """HDF5 sample files: round trip, crash safety, resume checks, master file of virtual datasets,
-and detection of missing, truncated or corrupt files (CONTRACTS.md, "HDF5 sample files")."""
+and detection of missing, truncated or corrupt files (docs/file-format.md)."""
 
 import dataclasses
 import os
@@ -79,7 +79,7 @@ def test_round_trip_all_datasets_and_attributes(tmp_path, links_dtype):
         assert ss.links.dtype == np.dtype(links_dtype)
         assert ss.links.shape == (5, 2, 2, 3, 2, 2)
         assert_rows_equal(ss, batch, rtol=1e-6 if links_dtype == "complex64" else 0.0)
-    # The on-disk types of CONTRACTS.md, readable by plain h5py.
+    # The on-disk types of docs/file-format.md, readable by plain h5py.
     with h5py.File(path, "r") as f:
         assert {k: f[k].dtype.name for k in f} == {
             "links": links_dtype, "log_q": "float64", "action": "float64",

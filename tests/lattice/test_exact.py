@@ -1,6 +1,6 @@
 """Exact 2D results (hpcflow/lattice/exact.py) against independent routes.
 
-Every check compares with something computed another way: published numbers (ALGORITHMS.md),
+Every check compares with something computed another way: published numbers (docs/physics.md),
 closed forms, Weyl-formula integrals over eigen-angles, direct integrals over plaquette angles
 with the constraint ``sum_x phi_x = 2 pi Q``, finite differences of ``log Z``, and limits.
 """
@@ -50,11 +50,11 @@ def chi_infinite_volume(beta: float) -> float:
 
 
 def test_u1_reference_values_L8_beta2():
-    # ALGORITHMS.md, "Exact 2D U(1) log Z for checks"
+    # docs/physics.md, "Exact results"
     assert u1_2d_log_z(2.0, 64) == pytest.approx(52.7355867, abs=5e-8)
     assert u1_2d_plaquette(2.0, 64) == pytest.approx(0.6977746580, abs=5e-11)
     assert special.iv(1, 2.0) / special.iv(0, 2.0) == pytest.approx(0.6977746580, abs=5e-11)
-    # flat d theta measure: add 2 V log(2 pi) (stated in ALGORITHMS.md); just the bookkeeping
+    # flat d theta measure: add 2 V log(2 pi) (stated in docs/physics.md); just the bookkeeping
     assert u1_2d_log_z(2.0, 64) + 128 * math.log(TWO_PI) > 52.7355867
 
 

@@ -1,5 +1,5 @@
 """Hybrid Monte Carlo: algebra, force, integrators, chain bookkeeping, and agreement with the
-exact 2D results (PHYSICS.md, "Exact results")."""
+exact 2D results (docs/physics.md, "Exact results")."""
 
 import io
 import math
