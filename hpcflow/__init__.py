@@ -1,7 +1,7 @@
 """hpcflow: gauge-equivariant normalizing flows for U(1) and SU(N) lattice gauge theory in
 2, 3 and 4 dimensions (Boyda, Lattice 2021; arXiv:2305.02402).
 
-Public API (docs/api.md)::
+Public API (docs/index.md; pages of every module: ``make docs``)::
 
     cfg = hpcflow.load_config("configs/u1_2d.yaml", overrides=["action.beta=3.0"])
     model = hpcflow.build_model(cfg)        # untrained flow for that configuration

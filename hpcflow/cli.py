@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         if launch_info().rank == 0:
             print(f"hpcflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `hpcflow masks ... | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"hpcflow {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -59,11 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ inside mpiexec
 def worker(args: argparse.Namespace) -> int:
-    from hpcflow.app.config import DistributedConfig
     from hpcflow.distributed import make_communicator
 
-    comm = make_communicator(DistributedConfig(backend=args.worker, device=args.device,
-                                               threads=1))
+    comm = make_communicator(args.worker, args.device, threads=1)
     rows = []
     for dtype in (torch.float32, torch.float64):
         for n in (int(float(s)) for s in args.sizes.split(",")):

@@ -32,12 +32,11 @@ CASES = [
 
 
 def run_case(case: dict, repeats: int) -> dict:
-    from hpcflow.app.config import ModelConfig
     from hpcflow.masks import build_layer, build_schedule
 
-    cfg = ModelConfig(layers=case["layers"], multi_update=case["multi_update"])
+    kwargs = {"layers": case["layers"], "multi_update": case["multi_update"]}
     shape = case["shape"]
-    sched = build_schedule(shape, cfg)
+    sched = build_schedule(shape, **kwargs)
     layer = sched.layers[0]
     if case.get("fresh"):
         def fn():
@@ -45,7 +44,7 @@ def run_case(case: dict, repeats: int) -> dict:
                                 multi_update=case["multi_update"]) for la in sched.layers]
     else:
         def fn():
-            return build_schedule(shape, cfg)
+            return build_schedule(shape, **kwargs)
     t = time_it(fn, torch.device("cpu"), repeats=repeats, warmup=1)
     fresh = " fresh" if case.get("fresh") else ""
     return {

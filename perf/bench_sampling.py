@@ -51,13 +51,16 @@ def generate_only(model, action, mine: range, batch: int) -> None:
 
 def worker(configs: list[str], n: int, batch: int) -> list[dict]:
     from hpcflow import build_action, build_model, load_config
-    from hpcflow.app.sample import rank_indices, run_sampling
+    from hpcflow.app.context import RunContext
+    from hpcflow.app.sample import run_sampling
     from hpcflow.distributed import make_communicator
 
     rows = []
     for path in configs:
         cfg = load_config(path)
-        comm = make_communicator(cfg.distributed)
+        comm = make_communicator(cfg.distributed.backend, cfg.distributed.device,
+                                 cfg.distributed.threads)
+        ctx = RunContext(comm, terminal=False)
         torch.manual_seed(0)
         model = build_model(cfg)
         with torch.no_grad():
@@ -65,7 +68,7 @@ def worker(configs: list[str], n: int, batch: int) -> list[dict]:
                 p.add_(0.01 * torch.randn_like(p))
         model.checkpoint_step = 0
         action = build_action(cfg)
-        mine = rank_indices(n, comm.rank, comm.size)
+        mine = ctx.share(n)
 
         generate_only(model, action, mine, batch)  # warm-up
         comm.barrier()
@@ -77,7 +80,7 @@ def worker(configs: list[str], n: int, batch: int) -> list[dict]:
         out = comm.broadcast_object(str(out) if out else None)
         comm.barrier()
         t0 = time.perf_counter()
-        run_sampling(model, cfg, out, comm, n_total=n, batch_size=batch, log=lambda m: None)
+        run_sampling(model, cfg, out, ctx, n_total=n, batch_size=batch)
         t_write = time.perf_counter() - t0
         if comm.is_root:
             shutil.rmtree(out, ignore_errors=True)

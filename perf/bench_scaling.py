@@ -39,15 +39,17 @@ AURORA = {"ranks_per_node": 12, "node_bandwidth_GBps": 200.0, "alpha_s": 10e-6}
 
 def worker(config: str, backend: str, batch: int, steps: int, out: Path) -> None:
     from hpcflow import load_config
+    from hpcflow.app.context import RunContext
     from hpcflow.app.train import Trainer
     from hpcflow.distributed import make_communicator
 
     cfg = load_config(config, [f"distributed.backend={backend}", f"train.batch_size={batch}",
                                "train.eval_every=0", "train.plot=false", "distributed.threads=1"])
-    comm = make_communicator(cfg.distributed)
+    comm = make_communicator(cfg.distributed.backend, cfg.distributed.device,
+                             cfg.distributed.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = comm.broadcast_object(tmp if comm.is_root else None)
-        trainer = Trainer(cfg, run_dir, comm, log=lambda m: None)
+        trainer = Trainer(cfg, RunContext(comm, run_dir, terminal=False))
         reduce_time = [0.0]
         original = comm.allreduce_gradients_
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_json  # noqa: E402
 
 from hpcflow import load_config  # noqa: E402
+from hpcflow.app.context import RunContext  # noqa: E402
 from hpcflow.app.metrics import read_metrics  # noqa: E402
 from hpcflow.app.train import Trainer  # noqa: E402
 from hpcflow.distributed import NoneComm  # noqa: E402
@@ -44,7 +45,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides + [
         f"train.walltime={args.minutes * 60}", f"train.eval_batch_size={args.eval}"])
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out / "run", NoneComm(threads=args.threads))
+    trainer = Trainer(cfg, RunContext(NoneComm(threads=args.threads), out / "run"))
     result = trainer.run()
     train_s = time.perf_counter() - t0
     final = trainer.evaluate()

@@ -108,8 +108,11 @@ class NetConfig:
     """Odd kernel extent along every lattice axis."""
     activation: Literal["tanh", "gelu", "relu", "silu", "leaky_relu"] = "tanh"
     """Nonlinearity between the convolutions."""
-    conv: Literal["full", "factorized", "tucker"] = "full"
-    """``full``: dense ConvNd (4D from 3D convolutions); ``factorized``: CP; ``tucker``."""
+    conv: Literal["auto", "full", "factorized", "tucker"] = "auto"
+    """``full``: dense ConvNd (4D from 3D convolutions); ``factorized``: CP (a 1x1
+    convolution to ``rank`` channels, one depthwise 1D convolution per axis, 1x1 out);
+    ``tucker``. ``auto``: full up to 3D, factorized in 4D (a dense 3^4 kernel over the
+    loop features makes a 4D flow ~100x larger and slower)."""
     rank: int = 8
     """Rank of factorized (CP/Tucker) convolutions."""
 
@@ -132,12 +135,14 @@ class ModelConfig:
     masks: list[MaskPattern] = field(default_factory=list)
     """Patterns ``{directions, steps, width}`` cycled over the layers: layer i uses pattern
     ``i % P`` with offset ``(i // P) % width``. Empty: one pattern per link direction, stripes
-    with a checkerboard, of the widest width among 4, 3, 5, 6, ... that fits the lattice, else
-    the width-2 checkerboard (resolved at load time)."""
+    with a checkerboard, of the first width of 4, 3, 5, 6, ... that fits the lattice, else the
+    width-2 checkerboard (resolved at load time)."""
     active_loops: list[str] = field(default_factory=lambda: ["plaquette"])
     """Loop shapes whose open loops update the active links."""
     features: list[str] = field(default_factory=list)
-    """Frozen loop shapes fed to the context network; empty: every shape the lattice has."""
+    """Frozen loop shapes fed to the context network. Empty: by dimension, ``[plaquette,
+    rectangle]`` in 2D, ``[plaquette, rectangle, chair]`` in 3D, ``[plaquette]`` in 4D (every
+    4D shape costs ~1 GB per SU(3) training sample, plaquettes alone ~60 MB)."""
     multi_update: int = 1
     """Sequential updates of each active link per layer, each through another active loop."""
     transform: Literal["spline", "ncp"] = "spline"
@@ -427,6 +432,10 @@ def config_from_dict(data: dict[str, Any], *, model: bool = True) -> Config:
     return cfg
 
 
+# Frozen-loop features of a flow by lattice dimension when model.features is empty.
+DEFAULT_FEATURES = {2: ("plaquette", "rectangle"), 3: ("plaquette", "rectangle", "chair"),
+                    4: ("plaquette",)}
+
 # Library argument names of hpcflow.masks.build_schedule -> configuration keys.
 _MASK_KEYS = {"shape": "lattice.shape", "patterns": "model.masks",
               "active_shapes": "model.active_loops", "feature_shapes": "model.features",
@@ -466,6 +475,10 @@ def _resolve_model(cfg: Config) -> None:
         warnings.warn(f"model.dtype float32 with {group.name}: a trained float32 spectral flow "
                       f"can lose its inverse (NaN or biased log q, perf/RESULTS.md); use "
                       f"model.dtype: float64 (the default for SU(N))", stacklevel=3)
+    if not m.features:
+        m.features = list(DEFAULT_FEATURES[cfg.lattice.nd])
+    if m.net.conv == "auto":
+        m.net.conv = "factorized" if cfg.lattice.nd == 4 else "full"
     if not m.masks:
         try:
             default_patterns(cfg.lattice.shape)
@@ -595,9 +608,10 @@ def config_reference() -> str:
     """``docs/config.md``: every key with its type, default and meaning, from the classes."""
     lines = ["# Configuration reference", "",
              "Generated from `hpcflow/app/config.py` by `make docs` "
-             "(`hpcflow.app.config.config_reference()`); a test keeps it in step with the code. YAML files take these keys; "
-             "`--set KEY=VALUE` overrides any of them with a YAML value. Only `lattice.shape`, "
-             "`lattice.group` and `action.beta` are required.", ""]
+             "(`hpcflow.app.config.config_reference()`); a test keeps it in step with the "
+             "code. YAML files take these keys; `--set KEY=VALUE` overrides any of them with "
+             "a YAML value. Only `lattice.shape`, `lattice.group` and `action.beta` are "
+             "required.", ""]
 
     def section(cls, key: str) -> None:
         lines.extend([f"## `{key}`", "", " ".join((cls.__doc__ or "").split()).replace("``", "`"),

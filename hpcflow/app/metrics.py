@@ -33,7 +33,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self._fh.closed:  # a later ``Trainer.run`` after an earlier one closed the file
             self._fh = open(self.path, "a")
-        self._fh.write(json.dumps(record, allow_nan=True) + "\n")
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}  # strict JSON: no NaN/Infinity tokens
+        self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

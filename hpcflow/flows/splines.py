@@ -204,7 +204,8 @@ def circular_rqs(
     """Circular rational-quadratic spline with bias, a bijection of the circle [0, 2 pi).
 
     Rezende et al. 2020 (arXiv:2002.02428), with the spline of Durkan et al. 2019
-    (arXiv:1906.04032); the recipe is docs/physics.md, "Circular rational-quadratic spline with bias".
+    (arXiv:1906.04032); the recipe is
+    docs/physics.md, "Circular rational-quadratic spline with bias".
 
     Args:
         theta: [...] angles, any real values (reduced mod 2 pi first).
@@ -257,8 +258,8 @@ def interval_rqs(
 
     Durkan et al. 2019 (arXiv:1906.04032), without the linear tails: the map sends lower -> lower
     and upper -> upper and is a bijection of [lower, upper]. Used for the SU(2) eigen-angle on
-    [0, pi] and the SU(3) canonical-cell coordinates on [0, 1] (docs/physics.md, "SU(N) spectral
-    transform").
+    [0, pi] and the SU(3) canonical-cell coordinates on [0, 1]
+    (docs/physics.md, "SU(N) spectral transform").
 
     Args:
         x: [...] points of [lower, upper]; values outside by round-off are clamped to the interval

@@ -1,4 +1,5 @@
-"""Exact results for 2D lattice gauge theory: the truth oracles of docs/physics.md ("Exact results").
+"""Exact results for 2D lattice gauge theory: the truth oracles
+(docs/physics.md, "Exact results").
 
 Conventions: periodic 2D lattice ``L_0 x L_1`` with ``V = L_0 L_1`` plaquettes, product of
 normalized Haar measures, Wilson action ``S = -(beta/Nc) sum_P Re tr P`` (U(1):
@@ -151,8 +152,9 @@ def _bessel_power_sum(beta: float, volume: int, start: int, symmetric: bool):
 def u1_2d_log_z(beta: float, volume: int) -> float:
     """``log Z`` of 2D U(1) Wilson gauge theory on a periodic lattice with ``V`` plaquettes.
 
-    ``Z = sum_{n in Z} I_n(beta)^V`` with the normalized Haar measure (docs/physics.md, "Exact
-    results"; arXiv:2101.08176). With the flat ``d theta`` measure add ``2 V log(2 pi)``.
+    ``Z = sum_{n in Z} I_n(beta)^V`` with the normalized Haar measure
+    (docs/physics.md, "Exact results"; arXiv:2101.08176). With the flat ``d theta`` measure
+    add ``2 V log(2 pi)``.
     Example (docs/physics.md): ``L = 8, beta = 2 -> 52.7355867``.
     """
     beta = _check_beta(beta)

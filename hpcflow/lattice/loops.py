@@ -2,10 +2,11 @@
 
 A path is a tuple of steps ``(mu, sign)``: ``(mu, +1)`` walks the link ``U_mu(x)`` from ``x`` to
 ``x + mu``; ``(mu, -1)`` walks ``U_mu(x - mu)^dagger`` back to ``x - mu``. The matrix of a path
-based at ``x`` is the ordered product of its links (docs/physics.md, "Loops"). The walker evaluates
-the path at every base site at once with ``torch.roll`` (docs/physics.md, "Counting active links on
-loops"), for any :class:`~hpcflow.lattice.groups.Algebra`: SU(N) matrices, U(1) angles, or the
-indicator counts the masks use.
+based at ``x`` is the ordered product of its links (docs/physics.md, "Loops"). The walker
+evaluates the path at every base site at once with ``torch.roll``
+(docs/physics.md, "Counting active links on loops"), for any
+:class:`~hpcflow.lattice.groups.Algebra`: SU(N) matrices, U(1) angles, or the indicator counts
+the masks use.
 
 Loop families (one representative per geometric loop and base site, every plane and orientation):
 

@@ -8,7 +8,7 @@ defined on the periodic lattice only if the phase returns to itself around every
 
 :func:`default_patterns` gives one pattern per link direction ``mu``: a stripe along the next
 axis (step 1), a checkerboard over the remaining axes (step 2) and whole lines of active links
-along ``mu`` (step 0), with the widest of width 4, 3, 5, 6, ... that fits the lattice and keeps
+along ``mu`` (step 0), with the first of the widths 4, 3, 5, 6, ... that fits the lattice and keeps
 every plaquette at no more than one active link, else the width-2 checkerboard (steps 1 on every
 other axis). In 2D these are the stripes of arXiv:2101.08176.
 
