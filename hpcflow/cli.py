@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="profile a few steps with torch.profiler instead of training")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="draw proposals from a trained flow, independence "
-                                      "Metropolis, HDF5 shards")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with checkpoints")
+    p = sub.add_parser("sample", help="draw proposals (flow samples or annealing / stochastic-"
+                                      "flow trajectories), independence Metropolis, HDF5 shards")
+    p.add_argument("run_dir", metavar="RUN_DIR|CONFIG",
+                   help="a run directory with checkpoints, or the configuration of a sampler "
+                        "without parameters (sampler.kind: annealing)")
     p.add_argument("--n", type=int, help="proposals in all (default: sample.n_samples)")
     p.add_argument("--batch-size", type=int, help="proposals per batch on each rank")
     p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
@@ -53,13 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("hmc", help="conventional HMC reference chain (one per rank), same "
-                                   "HDF5 format")
-    _add_config_args(p)
-    p.add_argument("-o", "--output", dest="out", required=True, metavar="DIR",
-                   help="output folder")
-    p.add_argument("--n", type=int, help="configurations in all (default: sample.n_samples)")
-    p.set_defaults(func=cmd_hmc)
+    for name, text in (("mcmc", "conventional reference chain (one per rank): heat bath "
+                                "(default) or HMC, same HDF5 format"),
+                       ("hmc", "HMC reference chain (one per rank): hpcflow mcmc "
+                               "--algorithm hmc")):
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("-o", "--output", dest="out", required=True, metavar="DIR",
+                       help="output folder")
+        p.add_argument("--n", type=int, help="configurations in all (default: "
+                                             "sample.n_samples)")
+        if name == "mcmc":
+            p.add_argument("--algorithm", choices=("heatbath", "hmc"), default="heatbath",
+                           help="heatbath (with heatbath.overrelax over-relaxation sweeps; "
+                                "Wilson action) or hmc")
+            p.set_defaults(func=cmd_mcmc)
+        else:
+            p.set_defaults(func=cmd_mcmc, algorithm="hmc")
 
     p = sub.add_parser("masks", help="validate and describe the masking pattern of every layer")
     _add_config_args(p)
@@ -138,15 +150,25 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .app.build import load_model
+    from .app.build import build_model, load_model
+    from .app.config import load_config
     from .app.context import run_context
     from .app.sample import run_sampling
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise InputFileError(run_dir, "no such run directory")
-    model = load_model(run_dir)
-    cfg = model.config
+    if run_dir.is_file():  # a configuration: only a sampler without parameters needs none
+        cfg = load_config(run_dir)
+        model = build_model(cfg)
+        if any(True for _ in model.parameters()):
+            raise HpcflowError(f"sampler.kind {cfg.sampler.kind} has parameters: train it "
+                               f"(hpcflow train {run_dir} -o RUN_DIR), then sample RUN_DIR")
+        model.config, model.checkpoint_step = cfg, 0
+        run_dir = Path("runs") / run_dir.stem
+    elif not run_dir.is_dir():
+        raise InputFileError(run_dir, "no such run directory or configuration file")
+    else:
+        model = load_model(run_dir)
+        cfg = model.config
     n = _positive(args.n if args.n is not None else cfg.sample.n_samples, "--n")
     batch = _positive(args.batch_size if args.batch_size is not None else cfg.sample.batch_size,
                       "--batch-size")
@@ -178,17 +200,19 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def cmd_hmc(args) -> int:
-    from .app.chains import run_hmc
-    from .app.config import load_config
+def cmd_mcmc(args) -> int:
+    from .app.chains import run_chain
+    from .app.config import check_updates, load_config
     from .app.context import run_context
 
     cfg = load_config(args.config, args.overrides, model=False)
+    if args.algorithm == "heatbath":
+        check_updates(cfg, "hpcflow mcmc --algorithm heatbath")
     n = _positive(args.n if args.n is not None else cfg.sample.n_samples, "--n")
-    with run_context(cfg.distributed, "hmc", args.out) as ctx:
-        res = run_hmc(cfg, args.out, ctx, n_total=n)
-        ctx.log.info(f"{n} configurations on {ctx.size} chain(s) in {res['seconds']:.1f} s "
-                     f"(step size {res['step_size']:.4f}); {args.out}/samples.h5")
+    with run_context(cfg.distributed, args.command, args.out) as ctx:
+        res = run_chain(cfg, args.algorithm, args.out, ctx, n_total=n)
+        ctx.log.info(f"{n} configurations ({args.algorithm}) on {ctx.size} chain(s) in "
+                     f"{res['seconds']:.1f} s; {args.out}/samples.h5")
     return 0
 
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, time_it, write_json  # noqa: E402
 
 from hpcflow import build_action, build_model, load_config  # noqa: E402
-from hpcflow.app.train import path_log_prob  # noqa: E402
+from hpcflow.app.propose import path_log_prob  # noqa: E402
 from hpcflow.flows.prior import STREAM_TRAIN  # noqa: E402
 
 DEFAULT = ["configs/u1_2d.yaml", "configs/u1_3d.yaml", "configs/u1_4d.yaml"]

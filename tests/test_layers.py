@@ -15,7 +15,7 @@ ALLOWED = {
     "nn": set(),
     "masks": {"lattice"},
     "updates": {"lattice"},
-    "flows": {"lattice", "masks", "nn"},
+    "flows": {"lattice", "masks", "nn", "updates"},
     "io": {"lattice", "errors", "_version"},
     "distributed": set(),
 }

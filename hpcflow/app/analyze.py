@@ -1,12 +1,14 @@
 """``hpcflow analyze``: observables of a sample file with honest errors, beside exact values.
 
-For flow samples (``log_q`` finite) two estimates of every observable:
+For weighted proposals (a flow's samples, the final configurations of annealing or
+stochastic-flow trajectories) two estimates of every observable:
 
 - Markov chain: ``mean(O(links[mcmc_state]))`` of the independence Metropolis chain, with the
   error from the integrated autocorrelation time (Wolff 2004);
 - reweighted: ``sum w O / sum w`` over all proposals, with a jackknife error;
 
-plus acceptance, ESS and ``log Z``. For HMC output (``log_q`` NaN) the chain estimate only.
+plus acceptance, ESS and ``log Z`` (relative to the start of the trajectories when that
+start's own ``log Z`` is unknown). For a Markov chain (heat bath, HMC) the chain estimate only.
 Observables are evaluated once per proposal; the chain reuses them through ``mcmc_state``.
 """
 
@@ -64,12 +66,12 @@ def analyze_file(path: str | Path, *, batch_size: int = 256) -> dict:
             for k, v in obs.items():
                 values.setdefault(k, []).append(v.double().numpy())
         series = {k: np.concatenate(v) for k, v in values.items()}
-        log_q, log_w = s.log_q, s.log_weight
+        log_w = s.log_weight
         state, accepted = s.mcmc_state, s.accepted
         starts = s.chain_starts
-    flow = bool(np.isfinite(log_q).all())
+        flow, kind, log_z_start = s.weighted, attrs["sampler"], float(attrs["log_z_start"])
     result = {"file": str(path), "n": int(n), "group": group.name, "lattice_shape": list(shape),
-              "beta": beta, "kind": "flow" if flow else "markov chain", "observables": {}}
+              "beta": beta, "kind": kind, "observables": {}}
     for name, x in series.items():
         entry = {"chain": chain_mean(x[state]).to_dict()}
         if flow:
@@ -81,7 +83,12 @@ def analyze_file(path: str | Path, *, batch_size: int = 256) -> dict:
     result["acceptance"] = acceptance_rate(_steps_after_start(accepted, starts)).to_dict()
     if flow:
         result["ess"] = ess(log_w)
-        result["log_z"] = log_z_estimate(log_w).to_dict()
+        lz = log_z_estimate(log_w).to_dict()
+        if math.isfinite(log_z_start):
+            lz["value"] += log_z_start
+        else:
+            result["log_z_relative"] = True  # log Z(beta) - log Z(beta_start)
+        result["log_z"] = lz
     result["exact"] = {
         "plaquette": exact.exact_plaquette(group.name, shape, beta),
         "log_z": exact.exact_log_z(group.name, shape, beta),
@@ -133,5 +140,6 @@ def format_report(result: dict) -> str:
         lz = result["log_z"]
         exact_lz = ex.get("log_z")
         extra = f"   exact {exact_lz:.6f}" if exact_lz is not None else ""
-        lines.append(f"ESS: {result['ess']:.4f}   log Z: {_fmt(lz)}{extra}")
+        what = "log Z - log Z(beta_start)" if result.get("log_z_relative") else "log Z"
+        lines.append(f"ESS: {result['ess']:.4f}   {what}: {_fmt(lz)}{extra}")
     return "\n".join(lines)

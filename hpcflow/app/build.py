@@ -1,7 +1,8 @@
-"""From a configuration to the library's objects: the action, the flow, a trained flow.
+"""From a configuration to the library's objects: the action, the sampler, a trained sampler.
 
-These are the public API of the package (re-exported by ``hpcflow``):
-``build_action(cfg)``, ``build_model(cfg)``, ``load_model(run_dir)``.
+The public API of the package (re-exported by ``hpcflow``): ``build_action(cfg)``,
+``build_model(cfg)`` (the sampler of ``sampler.kind``: a :class:`~hpcflow.flows.model.GaugeFlow`
+or a :class:`~hpcflow.flows.stochastic.StochasticFlow`), ``load_model(run_dir)``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import torch
 
 from ..errors import InputFileError
 from ..flows.model import GaugeFlow, build_flow
+from ..flows.stochastic import StochasticFlow, power_protocol
 from ..io.checkpoint import load_latest_checkpoint
 from ..lattice.action import GaugeAction
 from ..lattice.groups import get_group
+from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 
-__all__ = ["build_action", "build_model", "load_model"]
+__all__ = ["build_action", "build_model", "load_model", "protocol"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -27,17 +30,45 @@ def build_action(cfg: Config) -> GaugeAction:
     return GaugeAction(get_group(cfg.lattice.group), cfg.action.beta, cfg.action.c1)
 
 
-def build_model(cfg: Config) -> GaugeFlow:
-    """An untrained flow for a configuration (the identity map, ``log q = 0``)."""
+def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
+    """The untrained sampler of a configuration: a flow (the identity map, ``log q = 0``), an
+    annealing protocol, or a stochastic flow whose flow layers start as the identity."""
+    if cfg.sampler.kind == "flow":
+        return _flow(cfg, mask_schedule(cfg))
+    s = cfg.sampler
+    layers, positions, transform = [], [], None
+    if s.kind == "snf":
+        n_layers = s.layers or s.steps
+        m = cfg.model
+        schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
+                                  active_shapes=m.active_loops, feature_shapes=m.features,
+                                  multi_update=m.multi_update, require_coverage=False)
+        flow = _flow(cfg, schedule)
+        layers, transform = list(flow.layers), flow.link_transform
+        # evenly over the steps, the last one right before the last updates
+        positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
+    return StochasticFlow(get_group(cfg.lattice.group), cfg.lattice.shape, protocol(cfg),
+                          sweeps=s.sweeps, overrelax=s.overrelax, link_transform=transform,
+                          layers=layers, positions=positions)
+
+
+def protocol(cfg: Config) -> list[float]:
+    """``[beta_0, ..., beta_n]`` of ``sampler`` (``beta_n = action.beta``)."""
+    s = cfg.sampler
+    return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
+
+
+def _flow(cfg: Config, schedule) -> GaugeFlow:
     m = cfg.model
-    return build_flow(get_group(cfg.lattice.group), mask_schedule(cfg), transform=m.transform,
+    return build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
                       dtype=DTYPES[m.dtype])
 
 
-def load_model(run_dir: str | Path, *, device: str | torch.device | None = None) -> GaugeFlow:
-    """The trained flow of a run directory, from its newest complete checkpoint.
+def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
+               ) -> GaugeFlow | StochasticFlow:
+    """The trained sampler of a run directory, from its newest complete checkpoint.
 
     Returns the model in eval mode with ``model.config`` and ``model.checkpoint_step`` set.
     """

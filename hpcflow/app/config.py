@@ -26,6 +26,7 @@ import yaml
 from ..errors import ConfigError, InputFileError
 from ..lattice.groups import get_group
 from ..masks import MaskError, MaskPattern, Schedule, build_schedule, default_patterns
+from ..updates.heatbath import check_lattice
 
 __all__ = [
     "Config",
@@ -38,6 +39,8 @@ __all__ = [
     "SampleConfig",
     "DistributedConfig",
     "HMCConfig",
+    "HeatbathConfig",
+    "SamplerConfig",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -283,7 +286,8 @@ class SampleConfig:
 
 @dataclass
 class HMCConfig:
-    """``hmc``: the conventional reference chain of ``hpcflow hmc`` (one chain per rank)."""
+    """``hmc``: the HMC reference chain of ``hpcflow mcmc --algorithm hmc`` (``hpcflow hmc``;
+    one chain per rank)."""
 
     n_steps: int = 10
     """Integrator steps per trajectory."""
@@ -310,6 +314,76 @@ class HMCConfig:
         if not 0 < self.target_acceptance < 1:
             raise ConfigError(f"{key}.target_acceptance", "expected a probability in (0, 1), "
                               f"got {self.target_acceptance}")
+
+
+@dataclass
+class HeatbathConfig:
+    """``heatbath``: the heat-bath reference chain of ``hpcflow mcmc --algorithm heatbath``
+    (one chain per rank; Wilson action; even extents)."""
+
+    overrelax: int = 1
+    """Over-relaxation sweeps after each heat-bath sweep (they decorrelate faster and cost no
+    random numbers)."""
+    thermalization: int = 200
+    """Heat-bath sweeps (each with its over-relaxation sweeps) before the first saved
+    configuration."""
+    save_every: int = 1
+    """Sweeps between saved configurations."""
+    start: Literal["hot", "cold"] = "hot"
+    """Start from Haar-random links (hot) or the identity (cold)."""
+
+    def check(self, key: str) -> None:
+        _positive(self.overrelax, f"{key}.overrelax", allow_zero=True)
+        _positive(self.thermalization, f"{key}.thermalization", allow_zero=True)
+        _positive(self.save_every, f"{key}.save_every")
+
+
+@dataclass
+class SamplerConfig:
+    """``sampler``: what draws the configurations. ``flow``: the normalizing flow of ``model``
+    (trained by ``hpcflow train``); ``annealing``: non-equilibrium trajectories of exact
+    heat-bath updates along a protocol ``beta_0 -> action.beta``, weighted by their work
+    (nothing to train); ``snf``: the same with flow layers of ``model`` between the updates (a
+    stochastic normalizing flow, trained by ``hpcflow train``)."""
+
+    kind: Literal["flow", "annealing", "snf"] = "flow"
+    """Which sampler (see above); annealing and snf need the Wilson action and even extents."""
+    steps: int = 100
+    """Protocol steps ``n`` (each: a change of beta, the flow layers placed there, updates)."""
+    beta_start: float = 0.0
+    """``beta_0`` of the protocol: 0 starts from Haar-random links (exact); a positive value
+    starts from an equilibrium ensemble at that coupling, read from ``sampler.start``."""
+    start: str = ""
+    """Samples file (``samples.h5`` of ``hpcflow mcmc`` or ``hpcflow sample``) of the starting
+    ensemble when ``beta_start > 0``; its Markov-chain states are used, in order."""
+    power: float = 1.0
+    """Protocol shape ``beta_k = beta_0 + (beta - beta_0) (k/n)^power``; 1 is linear."""
+    sweeps: int = 1
+    """Heat-bath sweeps per protocol step."""
+    overrelax: int = 0
+    """Over-relaxation sweeps after each heat-bath sweep."""
+    layers: int = 0
+    """snf: flow layers, spread evenly over the steps (0: one after every step); they cycle
+    through the mask layers of ``model``."""
+
+    def check(self, key: str) -> None:
+        for name in ("steps", "sweeps"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        for name in ("overrelax", "layers"):
+            _positive(getattr(self, name), f"{key}.{name}", allow_zero=True)
+        if not (self.beta_start >= 0 and math.isfinite(self.beta_start)):
+            raise ConfigError(f"{key}.beta_start", f"expected a coupling >= 0, "
+                              f"got {self.beta_start}")
+        if self.beta_start > 0 and not self.start:
+            raise ConfigError(f"{key}.start", f"a protocol from beta_start = {self.beta_start} "
+                              "needs an equilibrium ensemble at that coupling: the samples.h5 "
+                              "of a reference chain (hpcflow mcmc)")
+        if not (self.power > 0 and math.isfinite(self.power)):
+            raise ConfigError(f"{key}.power", f"expected a positive number, got {self.power}")
+
+    @property
+    def needs_model(self) -> bool:
+        return self.kind in ("flow", "snf")
 
 
 @dataclass
@@ -340,6 +414,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     hmc: HMCConfig = field(default_factory=HMCConfig)
+    heatbath: HeatbathConfig = field(default_factory=HeatbathConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def check(self, key: str = "") -> None:
@@ -363,12 +439,13 @@ def _positive(value: int, key: str, *, allow_zero: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------ loading
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
-                model: bool = True) -> Config:
+                model: bool | None = None) -> Config:
     """Read a YAML file, apply ``key=value`` overrides (values parsed as YAML), resolve the
     defaults and validate.
 
-    ``path`` may be ``None`` to build from overrides alone. ``model``: also resolve and validate
-    the ``model`` section (commands that build no flow, e.g. the reference chains, pass False).
+    ``path`` may be ``None`` to build from overrides alone. ``model``: resolve and validate the
+    ``model`` section too; ``None``: when the sampler has flow layers (``sampler.kind`` flow or
+    snf); the reference chains pass False.
     Raises :class:`InputFileError` for a missing or unreadable file and :class:`ConfigError`
     naming the key for everything else.
     """
@@ -422,14 +499,31 @@ def _deep_copy(data):
     return data
 
 
-def config_from_dict(data: dict[str, Any], *, model: bool = True) -> Config:
+def config_from_dict(data: dict[str, Any], *, model: bool | None = None) -> Config:
     """Build, resolve and validate a :class:`Config` from plain data (e.g. a checkpoint's
     copy); ``model`` as in :func:`load_config`."""
     cfg = _build(Config, data, "")
     cfg.check()
-    if model:
+    if cfg.sampler.kind != "flow":
+        check_updates(cfg, "sampler.kind")
+    if cfg.sampler.needs_model if model is None else model:
         _resolve_model(cfg)
     return cfg
+
+
+def check_updates(cfg: Config, why: str) -> None:
+    """The exact local updates (heat bath, over-relaxation) need the Wilson action, even
+    extents and U(1), SU(2) or SU(3); ``why`` names the key that asked for them."""
+    if cfg.action.c1 != 0:
+        raise ConfigError("action.c1", f"{why}: the heat bath and over-relaxation are written "
+                          f"for the Wilson action (c1 = 0), got c1 = {cfg.action.c1}")
+    if get_group(cfg.lattice.group).nc > 3:
+        raise ConfigError("lattice.group", f"{why}: heat-bath updates exist for U1, SU2 and "
+                          f"SU3, not {cfg.lattice.group}")
+    try:
+        check_lattice(cfg.lattice.shape)
+    except ValueError as exc:
+        raise ConfigError("lattice.shape", f"{why}: {exc}") from None
 
 
 # Frozen-loop features of a flow by lattice dimension when model.features is empty.

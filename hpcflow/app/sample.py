@@ -1,4 +1,5 @@
-"""``hpcflow sample``: flow proposals and independence Metropolis, one HDF5 shard per rank.
+"""``hpcflow sample``: proposals (a flow's samples, or the final configurations of
+non-equilibrium trajectories) and independence Metropolis, one HDF5 shard per rank.
 
 Rank ``r`` of ``R`` handles the proposals with global index ``r, r + R, r + 2R, ...`` (the one
 rank-split rule, :meth:`~hpcflow.app.context.RunContext.share`); proposal
@@ -22,17 +23,22 @@ from ..flows.prior import STREAM_SAMPLE
 from ..io.samples import SampleHeader, ShardWriter, open_samples, write_master
 from .build import build_action
 from .context import RunContext
+from .propose import StartEnsemble, propose
 
 __all__ = ["STREAM_ACCEPT", "metropolis_uniforms", "run_sampling", "sample_header"]
 
 STREAM_ACCEPT = 4
 
 
-def sample_header(cfg, checkpoint_step: int) -> SampleHeader:
-    """The header of a sample set drawn with ``cfg`` (``checkpoint_step`` -1 without a model)."""
+def sample_header(cfg, checkpoint_step: int, sampler: str | None = None) -> SampleHeader:
+    """The header of a sample set drawn with ``cfg`` (``checkpoint_step`` -1 without a model;
+    ``sampler`` default ``cfg.sampler.kind``)."""
+    kind = sampler or cfg.sampler.kind
+    start = cfg.sampler.beta_start if kind in ("annealing", "snf") else 0.0
     return SampleHeader(group=cfg.lattice.group, lattice_shape=tuple(cfg.lattice.shape),
                         beta=cfg.action.beta, config=cfg.to_yaml(), seed=cfg.train.seed,
-                        checkpoint_step=checkpoint_step)
+                        checkpoint_step=checkpoint_step, sampler=kind,
+                        log_z_start=0.0 if start == 0 else float("nan"))
 
 
 def metropolis_uniforms(seed: int, indices) -> np.ndarray:
@@ -49,6 +55,9 @@ def run_sampling(model, cfg, out_dir: str | Path, ctx: RunContext, *, n_total: i
     seed = cfg.train.seed
     header = sample_header(cfg, model.checkpoint_step)
     action = build_action(cfg)
+    sc = cfg.sampler
+    start = (StartEnsemble(sc.start, cfg.lattice.group, cfg.lattice.shape, sc.beta_start)
+             if sc.kind != "flow" and sc.beta_start > 0 else None)
     comm = ctx.comm
     mine = ctx.share(n_total)
     t0 = time.perf_counter()
@@ -65,18 +74,16 @@ def run_sampling(model, cfg, out_dir: str | Path, ctx: RunContext, *, n_total: i
         for lo in range(done, len(mine), batch_size):
             idx = mine[lo: min(lo + batch_size, len(mine))]
             with torch.no_grad():
-                z = model.prior(idx, seed=seed, stream=STREAM_SAMPLE)
-                u, logdet = model(z)
-                log_q = -logdet.double()
-                s = action(u).double()
-            lw = (-s - log_q).cpu().numpy()
+                p = propose(model, action, idx, seed=seed, stream=STREAM_SAMPLE, start=start)
+            lw = p.log_weight.double().cpu().numpy()
             uniforms = metropolis_uniforms(seed, idx)
             # Indices relative to this batch's first row; the carried-in state is negative.
             state, acc, state_lw, last = independence_metropolis(
                 lw, uniforms, state_log_weight=state_lw, state_index=state_idx - lo)
             state_idx = int(last) + lo
-            writer.append({"links": u.cpu(), "log_q": log_q.cpu(), "action": s.cpu(),
-                           "log_weight": lw, "mcmc_state": state + lo, "accepted": acc})
+            writer.append({"links": p.links.cpu(), "log_q": p.log_q.double().cpu(),
+                           "action": p.action.double().cpu(), "log_weight": lw,
+                           "mcmc_state": state + lo, "accepted": acc})
             accepted_total += int(acc.sum())
             progress.update(len(idx) * comm.size)
         rows = writer.n_written

@@ -7,7 +7,8 @@ One step (docs/physics.md, "Training and sampling"):
    ``(train.seed, t, i)``, so the numbers do not depend on the rank count;
 2. push them through the flow: ``U = f(z)``, ``log q(U) = -log|det J|``;
 3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward (with
-   ``train.gradient: path``, through ``log q`` re-evaluated by :func:`path_log_prob`);
+   ``train.gradient: path``, through ``log q`` re-evaluated by
+   :func:`~hpcflow.app.propose.path_log_prob`);
 4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
    an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
    steps, and path-gradient steps whose inverse pass misses the forward ``log q`` by more than
@@ -30,7 +31,6 @@ import torch
 
 from ..errors import ConfigError, HpcflowError
 from ..estimators import ess, independence_metropolis, logsumexp
-from ..flows.model import GaugeFlow
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
 from ..io.atomic import write_atomic
 from ..io.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
@@ -40,28 +40,11 @@ from .context import RunContext
 from .metrics import MetricsLog, TensorBoardLog
 from .optim import build_optimizer, set_lr
 from .plots import plot_training
+from .propose import StartEnsemble, propose
 
 __all__ = ["Trainer", "TrainResult", "model_seed"]
 
 _STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-
-
-def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
-    """``log q(U)`` by the inverse pass with the parameters held fixed: ``[B]``.
-
-    Differentiating ``log q_theta'(f_theta(z)) + S(f_theta(z))`` at ``theta' = theta`` gives the
-    path gradient of the reverse KL (Vaitl et al. 2022, arXiv:2206.09016): gradients reach the
-    parameters only through the sample ``U = f_theta(z)``, not through the score
-    ``d log q_theta / d theta`` at fixed ``U``, whose mean is zero.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        return model.inverse(links)[1]
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _max_abs(x: np.ndarray) -> float:
@@ -83,8 +66,11 @@ class TrainResult:
 
 
 class Trainer:
-    """Reverse-KL training of ``build_model(cfg)`` in ``ctx.run_dir`` on the ranks of
-    ``ctx.comm`` (:class:`~hpcflow.app.context.RunContext`)."""
+    """Training of the sampler ``build_model(cfg)`` (a flow by the reverse KL, a stochastic
+    flow by its mean work) in ``ctx.run_dir`` on the ranks of ``ctx.comm``
+    (:class:`~hpcflow.app.context.RunContext`). A sampler without parameters (annealing) only
+    gets its run directory and a step-0 checkpoint, so that ``hpcflow sample RUN_DIR`` works
+    for every kind."""
 
     def __init__(self, cfg, ctx: RunContext):
         self.cfg = cfg
@@ -100,11 +86,14 @@ class Trainer:
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(model_seed(self.tc.seed))
-        self.model: GaugeFlow = build_model(cfg).to(comm.device)
+        self.model = build_model(cfg).to(comm.device)
         self.model.recompute = self.tc.recompute_layers
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, self.tc)
+        self.optimizer = build_optimizer(self.params, self.tc) if self.params else None
         self.action = build_action(cfg)
+        s = cfg.sampler
+        self.start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
+                      if s.kind != "flow" and s.beta_start > 0 else None)
         self.step = 0
         self.bad_steps = 0
         self.bad_reason = ""
@@ -129,7 +118,8 @@ class Trainer:
         if ckpt is not None:
             check_resumable(ckpt["config"], self.cfg, ckpt["path"])
             self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
             self.step = int(ckpt["step"])
             state = ckpt["trainer"]
             self.skipped = int(state["skipped"])
@@ -155,15 +145,12 @@ class Trainer:
         path = tc.gradient == "path"
         per_sample = []  # columns: log w, and |log q(forward) - log q(inverse)| for path
         for lo in range(0, len(local), micro):
-            idx = local[lo:lo + micro]
-            z = model.prior(idx, seed=tc.seed, stream=STREAM_TRAIN, step=self.step)
-            u, logdet = model(z)
-            log_q, s = -logdet, self.action(u)
-            objective = path_log_prob(model, u) if path else log_q
-            ((objective + s).sum() / len(local)).backward()  # equal shares: size | batch
-            lw = -s - log_q
-            columns = [lw] + ([(objective - log_q).to(lw.dtype)] if path else [])
-            per_sample.append(torch.stack(columns, dim=1).detach())
+            p = propose(model, self.action, local[lo:lo + micro], seed=tc.seed,
+                        stream=STREAM_TRAIN, step=self.step, train=True, path=path,
+                        start=self.start)
+            (p.objective.sum() / len(local)).backward()  # equal shares: size | batch
+            columns = [p.log_weight] + ([p.inverse_error.to(p.log_weight.dtype)] if path else [])
+            per_sample.append(torch.stack(columns, dim=1))
         comm.allreduce_gradients_(self.params)
         # one collective for both columns; the host sees them once per step
         gathered = self.ctx.gather(torch.cat(per_sample), tc.batch_size).double().cpu().numpy()
@@ -196,14 +183,12 @@ class Trainer:
     def evaluate(self) -> dict:
         """ESS, log Z and independence-Metropolis acceptance on ``eval_batch_size`` fresh
         samples (stream ``(seed, eval, step)``), spread over the ranks."""
-        tc, model = self.tc, self.model
+        tc = self.tc
         local = self.ctx.share(tc.eval_batch_size)
         micro = tc.micro_batch_size or len(local)
-        log_w = []
-        for lo in range(0, len(local), micro):
-            idx = local[lo:lo + micro]
-            u, logdet = model(model.prior(idx, seed=tc.seed, stream=STREAM_EVAL, step=self.step))
-            log_w.append(-self.action(u) + logdet)
+        log_w = [propose(self.model, self.action, local[lo:lo + micro], seed=tc.seed,
+                         stream=STREAM_EVAL, step=self.step, start=self.start).log_weight
+                 for lo in range(0, len(local), micro)]
         lw = self.ctx.gather(torch.cat(log_w), tc.eval_batch_size).double().cpu().numpy()
         uniforms = np.random.default_rng([tc.seed, STREAM_EVAL, self.step]).random(len(lw))
         _, accepted, _, _ = independence_metropolis(lw, uniforms)
@@ -215,6 +200,12 @@ class Trainer:
     def run(self, until: int | None = None) -> TrainResult:
         """Train to ``train.steps`` (or only to step ``until``), checkpoint, plot."""
         tc, comm = self.tc, self.comm
+        if not self.params:  # nothing to train (annealing): a step-0 checkpoint for `sample`
+            self.ctx.log.info(f"sampler.kind {self.cfg.sampler.kind} has no parameters: nothing "
+                              f"to train; sample it with hpcflow sample {self.run_dir}")
+            if not self.step:
+                self.checkpoint()
+            return TrainResult(step=self.step, reason="done", last={})
         last_step = tc.steps if until is None else min(until, tc.steps)
         t_start = time.perf_counter()
         walltime = tc.walltime_seconds()
@@ -279,7 +270,7 @@ class Trainer:
             t0 = time.perf_counter()
             payload = {
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else {},
                 "config": self.cfg.to_dict(),
                 "trainer": {"skipped": self.skipped,
                             "elapsed": self._last.get("time", self.elapsed_before)},

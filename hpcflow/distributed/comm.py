@@ -846,4 +846,7 @@ def abort_all(comm: Communicator, message: str, code: int = 2, *, grace_s: float
     _flush()
     if comm.size == 1:
         sys.exit(code)
+    # the launcher forwards our stderr through a pipe: give it a moment before the abort
+    # kills the forwarding processes (the message was lost now and then without this)
+    time.sleep(1.0 if comm.rank == 0 else 0.0)
     comm.abort(code)

@@ -1,4 +1,4 @@
-"""HDF5 sample files, format_version 1 (docs/file-format.md).
+"""HDF5 sample files, format_version 2; version 1 files are read too (docs/file-format.md).
 
 PyPI's h5py has no MPI driver, so every rank writes its own file ``DIR/shard-r{rank:05d}.h5`` and
 rank 0 then writes ``DIR/samples.h5``, whose datasets are HDF5 *virtual* datasets that join the
@@ -7,14 +7,19 @@ shards through relative file names: the folder can be moved or copied as a unit.
 One shard holds, for ``n`` proposals in the order drawn::
 
     links       [n, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]  complex128 (or complex64)
-    log_q       [n]  float64   model log density (normalized Haar measure); NaN for HMC output
+    log_q       [n]  float64   model log density (normalized Haar measure); NaN where there is
+                               none (Markov chains, non-equilibrium trajectories)
     action      [n]  float64   S(U)
-    log_weight  [n]  float64   -S - log_q
+    log_weight  [n]  float64   -S - log_q for a flow; -W (the work) for a trajectory; NaN for
+                               a Markov chain
     mcmc_state  [n]  int64     index into this file's links of the chain state after step i
     accepted    [n]  bool      whether proposal i was accepted
 
 and the root attributes of :data:`HEADER_ATTRS` plus ``format``, ``format_version``, ``rank``,
-``world_size``, ``hpcflow_version`` and ``n_written``.
+``world_size``, ``hpcflow_version`` and ``n_written``. Version 2 added ``sampler`` (``flow``,
+``annealing``, ``snf``, ``hmc``, ``heatbath``) and ``log_z_start`` (log Z of the start of the
+trajectories, 0 from Haar, NaN when unknown); a version 1 file reads with ``sampler`` inferred
+from ``log_q`` (``flow`` if finite, else ``hmc``) and ``log_z_start = 0``.
 
 Crash safety. Rows are written and flushed first; only then is ``n_written`` raised and flushed
 again. A file cut short by a crash therefore opens, and its first ``n_written`` rows are complete;
@@ -61,7 +66,8 @@ __all__ = [
 ]
 
 FORMAT = "hpcflow-samples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MASTER_NAME = "samples.h5"
 
 # Per-row datasets besides ``links``, with their on-disk types.
@@ -75,14 +81,18 @@ ROW_DATASETS: dict[str, np.dtype] = {
 DATASETS = ("links", *ROW_DATASETS)
 
 # Attributes that describe the run; every shard of one sample set has the same values.
-HEADER_ATTRS = ("group", "nc", "lattice_shape", "beta", "config", "seed", "checkpoint_step")
+HEADER_ATTRS = ("group", "nc", "lattice_shape", "beta", "config", "seed", "checkpoint_step",
+                "sampler", "log_z_start")
 # Attributes that must agree before a shard may be resumed or joined (``config`` is only
 # recorded: a resumed run may legitimately pass other command-line values).
-_MUST_MATCH = ("group", "nc", "lattice_shape", "beta", "seed", "checkpoint_step", "world_size")
+_MUST_MATCH = ("group", "nc", "lattice_shape", "beta", "seed", "checkpoint_step", "world_size",
+               "sampler")
 _REQUIRED_ATTRS = (
     "format", "format_version", *HEADER_ATTRS, "rank", "world_size", "hpcflow_version",
     "n_written",
 )
+_ADDED_IN_2 = ("sampler", "log_z_start")
+SAMPLERS = ("flow", "annealing", "snf", "hmc", "heatbath")
 _LINK_DTYPES = ("complex128", "complex64")
 
 
@@ -97,6 +107,8 @@ class SampleHeader:
 
     ``config`` is the resolved YAML text of the run; ``checkpoint_step`` the training step of the
     model that proposed the samples (-1 for output without a model, e.g. a reference chain);
+    ``sampler``: what drew them (:data:`SAMPLERS`); ``log_z_start``: log Z of the start of
+    non-equilibrium trajectories (0: Haar; NaN: unknown, log Z estimates are then relative);
     ``nc`` follows from ``group``.
     """
 
@@ -106,6 +118,8 @@ class SampleHeader:
     config: str = ""
     seed: int = 0
     checkpoint_step: int = 0
+    sampler: str = "flow"
+    log_z_start: float = 0.0
     nc: int = field(init=False)
 
     def __post_init__(self):
@@ -114,6 +128,9 @@ class SampleHeader:
         object.__setattr__(self, "beta", float(self.beta))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "checkpoint_step", int(self.checkpoint_step))
+        object.__setattr__(self, "log_z_start", float(self.log_z_start))
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 
     def links_shape(self) -> tuple[int, ...]:
         """Shape of one row of ``links``: ``(Nd, *L, Nc, Nc)``."""
@@ -163,13 +180,16 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
             f"{attrs.get('format')!r}, expected {FORMAT!r})"
         )
     version = attrs.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         hint = "; it was written by a newer hpcflow" if newer else ""
         raise InputFileError(
             path, f"format_version {version!r} is not supported (this hpcflow reads "
-            f"{FORMAT_VERSION}){hint}"
+            f"{', '.join(map(str, READABLE_VERSIONS))}){hint}"
         )
+    if version == 1:
+        attrs.setdefault("log_z_start", 0.0)
+        attrs.setdefault("sampler", "")  # inferred from log_q by SampleSet
     missing = [k for k in _REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise InputFileError(path, f"root attribute(s) missing: {', '.join(missing)}")
@@ -296,6 +316,8 @@ class ShardWriter:
             "world_size": np.int64(self.world_size),
             "seed": np.int64(h.seed),
             "checkpoint_step": np.int64(h.checkpoint_step),
+            "sampler": h.sampler,
+            "log_z_start": np.float64(h.log_z_start),
             "hpcflow_version": __version__,
             "n_written": np.int64(0),
         }
@@ -592,6 +614,14 @@ class SampleSet:
         self.is_master = "shard_files" in f
         self.links = LazyRows(f["links"], self.n)
         self._cache: dict[str, np.ndarray] = {}
+        if not attrs["sampler"]:  # a version 1 file: flows have a finite log q
+            attrs["sampler"] = "flow" if self.n and np.isfinite(self.log_q).all() else "hmc"
+
+    @property
+    def weighted(self) -> bool:
+        """Independent proposals with importance weights (flows, trajectories), as opposed to
+        a Markov chain's states."""
+        return self.attrs["sampler"] in ("flow", "annealing", "snf")
 
     def _column(self, name: str) -> np.ndarray:
         if name not in self._cache:

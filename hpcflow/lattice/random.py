@@ -6,10 +6,13 @@ generator state, so a configuration's numbers are the same on any device, for an
 and in any order in which the batch is processed. The local updates of
 :mod:`hpcflow.updates.heatbath` draw every random number here.
 
-Representation: 32-bit words live in ``int64`` tensors with values in ``[0, 2^32)``. torch has
-no unsigned 32-bit arithmetic on every device, so the 32 x 32 -> 64-bit product of a Philox
-round is assembled from two 32 x 16-bit products (each below ``2^48``, exact in ``int64``);
-``>>`` on ``int64`` is arithmetic, but every shifted value here is non-negative.
+Representation: 32-bit words live in ``int64`` tensors with values in ``[0, 2^32)`` (torch has
+no unsigned 32-bit arithmetic on every device). The 32 x 32 -> 64-bit product of a Philox round
+is one ``int64`` product, which wraps modulo ``2^64`` past ``2^63``: its high word is
+``(p >> 32) & 0xFFFFFFFF`` (``>>`` on ``int64`` is arithmetic, hence the mask after the shift)
+and its low word ``p & 0xFFFFFFFF``. A one-time check per device type confirms the wrap-around
+against exact integers; where it failed, the product would be assembled from two 32 x 16-bit
+products instead (:func:`_mulhilo_split`, same result, about half the speed).
 
 Layout of a stream: ``keys: [B, 2]`` (one key per configuration, :func:`stream_keys`); the four
 counter words of the Philox block that feeds element ``e`` are ``(c0, c1)`` = the 64-bit block
@@ -19,6 +22,7 @@ One block (four 32-bit words) gives two float64 or four float32 uniforms.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -39,20 +43,48 @@ MASK32 = 0xFFFFFFFF
 # Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, table 2).
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
-# The multipliers split in 16-bit halves: M c = M_hi c 2^16 + M_lo c, both products < 2^48.
-_M0_HI, _M0_LO = _M0 >> 16, _M0 & 0xFFFF
-_M1_HI, _M1_LO = _M1 >> 16, _M1 & 0xFFFF
 
 
-def _mulhilo(c: torch.Tensor, m_hi: int, m_lo: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hi, lo)`` 32-bit words of the 64-bit product ``M c`` for ``c`` in ``[0, 2^32)``,
-    ``M = m_hi 2^16 + m_lo``, without overflowing ``int64`` (signed overflow is undefined in
-    C++ and a fusing compiler may exploit it)."""
-    p_lo = c * m_lo  # < 2^48
-    p_hi = c * m_hi  # < 2^48
-    hi = (p_hi + (p_lo >> 16)) >> 16  # floor(M c / 2^32), all terms < 2^49
+def _mulhilo_wrap(c, m: int):
+    """``(hi, lo)`` 32-bit words of the 64-bit product ``m c`` (``c``, ``m`` in ``[0, 2^32)``)
+    from one ``int64`` product: it exceeds ``2^63`` for large factors and wraps to a negative
+    value with the right low 64 bits, so the arithmetic ``>>`` is masked after shifting."""
+    p = c * m
+    return (p >> 32) & MASK32, p & MASK32
+
+
+def _mulhilo_split(c, m: int):
+    """The same without overflow, from two 32 x 16-bit products (each below ``2^48``): for a
+    device whose ``int64`` product does not wrap (:func:`_product_wraps`)."""
+    p_lo = c * (m & 0xFFFF)
+    p_hi = c * (m >> 16)
+    hi = (p_hi + (p_lo >> 16)) >> 16  # floor(m c / 2^32), all terms < 2^49
     lo = (((p_hi & 0xFFFF) << 16) + p_lo) & MASK32
     return hi, lo
+
+
+@functools.cache
+def _product_wraps(device_type: str) -> bool:
+    """Whether ``int64`` products on this kind of device wrap modulo ``2^64`` (two's
+    complement), checked once against exact integers on operands whose products pass ``2^63``.
+    Every device torch supports does, and :func:`_mulhilo_wrap` is then about twice as fast
+    per Philox round as :func:`_mulhilo_split`; the result is the same either way."""
+    ops = [0xFFFFFFFF, 0xFFFFFFFE, 0x80000000, 0xDEADBEEF, 0x9E3779B9, 1, 0]
+    c = torch.tensor(ops, dtype=torch.int64, device=device_type)
+    for m in (_M0, _M1):
+        hi, lo = _mulhilo_wrap(c, m)
+        exact = [((x * m) >> 32, (x * m) & MASK32) for x in ops]
+        if list(zip(hi.tolist(), lo.tolist(), strict=True)) != exact:
+            return False
+    return True
+
+
+def _mulhilo_for(*words):
+    """The product kernel for the device of the first tensor among ``words``."""
+    for w in words:
+        if isinstance(w, torch.Tensor):
+            return _mulhilo_wrap if _product_wraps(w.device.type) else _mulhilo_split
+    return _mulhilo_wrap  # Python integers: exact
 
 
 def _philox_words(c0, c1, c2, c3, k0, k1, rounds: int = 10):
@@ -60,53 +92,43 @@ def _philox_words(c0, c1, c2, c3, k0, k1, rounds: int = 10):
 
     One round (Salmon et al. 2011, eq. 3 with the Random123 word order):
     ``(hi0, lo0) = M0 c0``, ``(hi1, lo1) = M1 c2``,
-    ``c <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)``, then the key gets the Weyl increments.
+    ``c <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)``, with the key of round ``r`` equal to
+    ``k + r (0x9E3779B9, 0xBB67AE85) mod 2^32``.
     """
+    mulhilo = _mulhilo_for(c0, c1, c2, c3, k0, k1)
+    ks0, ks1 = _key_schedule(k0, _W0, rounds), _key_schedule(k1, _W1, rounds)
     for r in range(rounds):
-        if r > 0:  # the key of round r is k + r W (mod 2^32)
-            k0 = (k0 + _W0) & MASK32
-            k1 = (k1 + _W1) & MASK32
-        hi0, lo0 = _mulhilo(c0, _M0_HI, _M0_LO)
-        hi1, lo1 = _mulhilo(c2, _M1_HI, _M1_LO)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        hi0, lo0 = mulhilo(c0, _M0)
+        hi1, lo1 = mulhilo(c2, _M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ ks0[r], lo1, hi0 ^ c3 ^ ks1[r], lo0
     return c0, c1, c2, c3
 
 
-# About 200 elementwise passes per block: on a CPU they run several times faster on chunks that
-# stay in the L2 cache (measured: 16384 blocks, 0.18 us/block/thread, against 0.37 unchunked).
-_CPU_CHUNK = 16384
+def _key_schedule(k, weyl: int, rounds: int) -> list:
+    """Round keys ``k + r W mod 2^32``, ``r = 0 .. rounds-1``, in one tensor operation (a
+    per-round add and mask on a small key tensor costs as much dispatch time as on a large
+    one)."""
+    if not isinstance(k, torch.Tensor):
+        return [(int(k) + r * weyl) & MASK32 for r in range(rounds)]
+    steps = torch.arange(rounds, dtype=torch.int64, device=k.device) * weyl
+    # the round axis first: each round key is contiguous
+    return ((k.unsqueeze(0) + steps.view(-1, *([1] * k.dim()))) & MASK32).unbind(0)
 
 
-def _philox_broadcast(c0, c1, c2, c3, k0, k1, rounds: int = 10, finish=None,
-                      width: int = 4, dtype=torch.int64) -> torch.Tensor:
+def _philox_broadcast(c0, c1, c2, c3, k0, k1, rounds: int = 10, finish=None) -> torch.Tensor:
     """:func:`_philox_words` on broadcasting inputs (at least one a tensor): ``[*shape, width]``
-    with ``finish(w0, w1, w2, w3) -> [n, width]`` applied to the words (default: the words
-    themselves). Chunked on CPUs, so that ``finish`` runs on cache-resident data as well."""
+    with ``finish(w0, w1, w2, w3) -> [*shape, width]`` applied to the output words (default:
+    the words stacked, ``width = 4``). One pass over the whole shape: processing it in
+    cache-sized chunks was measured slower (materialized broadcasts, more dispatches)."""
     args = [c0, c1, c2, c3, k0, k1]
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     device = tensors[0].device
     shape = torch.broadcast_shapes(*[t.shape for t in tensors])
-    n = math.prod(shape)
+    words = [torch.as_tensor(w, dtype=torch.int64, device=device).expand(shape)
+             for w in _philox_words(*args, rounds=rounds)]
     if finish is None:
-        def finish(*words):
-            return torch.stack(words, dim=-1)
-    if device.type != "cpu" or n <= _CPU_CHUNK:
-        words = [torch.as_tensor(w, dtype=torch.int64, device=device).expand(shape)
-                 for w in _philox_words(*args, rounds=rounds)]
-        return finish(*words)
-    # Scalars and size-1 tensors (a single key, counter words) broadcast inside each chunk;
-    # the others are expanded (keys [B, 1] to [B, S]) and cut.
-    flat = [a.expand(shape).reshape(n) if isinstance(a, torch.Tensor) and a.numel() > 1
-            else (a.reshape(()) if isinstance(a, torch.Tensor) else a) for a in args]
-    out = torch.empty(n, width, dtype=dtype, device=device)
-    for s in range(0, n, _CPU_CHUNK):
-        part = [a[s:s + _CPU_CHUNK] if isinstance(a, torch.Tensor) and a.dim() else a
-                for a in flat]
-        m = min(_CPU_CHUNK, n - s)
-        words = [torch.as_tensor(w, dtype=torch.int64, device=device).expand(m)
-                 for w in _philox_words(*part, rounds=rounds)]
-        out[s:s + m] = finish(*words)
-    return out.view(*shape, width)
+        return torch.stack(words, dim=-1)
+    return finish(*words)
 
 
 def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) -> torch.Tensor:
@@ -194,13 +216,14 @@ def block_uniforms(keys: torch.Tensor, counter, blocks: torch.Tensor,
     p = per_block(dtype)
 
     def finish(w0, w1, w2, w3):
+        # both pairs (or all four words) in one set of operations
         if p == 2:
-            return torch.stack([words_to_uniform((w0, w1), dtype),
-                                words_to_uniform((w2, w3), dtype)], dim=-1)
-        return torch.stack([words_to_uniform((w,), dtype) for w in (w0, w1, w2, w3)], dim=-1)
+            return words_to_uniform((torch.stack([w0, w2], -1), torch.stack([w1, w3], -1)),
+                                    dtype)
+        return words_to_uniform((torch.stack([w0, w1, w2, w3], -1),), dtype)
 
     return _philox_broadcast(blocks & MASK32, blocks >> 32, c2, c3, keys[..., 0], keys[..., 1],
-                             finish=finish, width=p, dtype=dtype)
+                             finish=finish)
 
 
 def uniform(keys: torch.Tensor, counter: tuple[int, int], shape, *,

@@ -269,7 +269,7 @@ def test_path_gradient_is_reparameterized_minus_score(group):
     """Path gradient + score term = the reparameterized gradient, parameter by parameter
     (float64): d/dtheta log q(f(z)) = d log q/dtheta at fixed U + d log q/dU . df/dtheta."""
     from hpcflow import build_action, build_model
-    from hpcflow.app.train import path_log_prob
+    from hpcflow.app.propose import path_log_prob
     from hpcflow.flows.prior import STREAM_TRAIN
 
     cfg = load_config(None, TINY + [f"lattice.group={group}"])

@@ -71,7 +71,8 @@ def test_round_trip_all_datasets_and_attributes(tmp_path, links_dtype):
     assert path.name == "shard-r00000.h5"
     with open_samples(path) as ss:
         a = ss.attrs
-        assert a["format"] == "hpcflow-samples" and a["format_version"] == 1
+        assert a["format"] == "hpcflow-samples" and a["format_version"] == 2
+        assert a["sampler"] == "flow" and a["log_z_start"] == 0.0
         assert (a["group"], a["nc"], a["lattice_shape"], a["beta"]) == ("SU2", 2, (2, 3), 2.5)
         assert a["config"] == HEADER.config
         assert (a["rank"], a["world_size"], a["seed"], a["checkpoint_step"]) == (0, 1, 7, 100)
@@ -426,6 +427,24 @@ def test_foreign_or_newer_hdf5_file_is_refused(tmp_path):
         open_samples(foreign)
     write_shard(tmp_path, 0, 1, [make_batch(1)])
     with h5py.File(shard_path(tmp_path, 0), "r+") as f:
-        f.attrs["format_version"] = 2
-    with pytest.raises(InputFileError, match="format_version 2.*newer"):
+        f.attrs["format_version"] = 3
+    with pytest.raises(InputFileError, match="format_version 3.*newer"):
         open_samples(shard_path(tmp_path, 0))
+
+
+@pytest.mark.parametrize("finite_log_q, kind", [(True, "flow"), (False, "hmc")])
+def test_version_1_files_still_read(tmp_path, finite_log_q, kind):
+    """A file of format_version 1 (no sampler, no log_z_start) opens; the sampler is inferred
+    from log_q as version 1 readers did."""
+    batch = make_batch(3)
+    if not finite_log_q:
+        batch["log_q"] = np.full(3, np.nan)
+    write_shard(tmp_path, 0, 1, [batch])
+    with h5py.File(shard_path(tmp_path, 0), "r+") as f:
+        f.attrs["format_version"] = 1
+        del f.attrs["sampler"], f.attrs["log_z_start"]
+    write_master(tmp_path, 1)
+    for path in (shard_path(tmp_path, 0), tmp_path / "samples.h5"):
+        with open_samples(path) as ss:
+            assert ss.attrs["sampler"] == kind and ss.attrs["log_z_start"] == 0.0
+            assert ss.weighted == finite_log_q and ss.n == 3

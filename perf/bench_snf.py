@@ -1,0 +1,129 @@
+"""Stochastic normalizing flow against plain annealing at the same wall time, training included.
+
+    python perf/bench_snf.py --config configs/snf_u1_3d.yaml --minutes 10 [--eval 4096]
+                             [--threads 2] [--set KEY=VALUE ...]
+
+1. The stochastic flow of the configuration trains for ``--minutes`` (its whole budget:
+   ``train.walltime``), then draws ``--eval`` trajectories: ESS, log Z, acceptance of
+   independence Metropolis, trajectories per second.
+2. Plain annealing (the same protocol, flow layers off) draws ``--eval`` trajectories.
+3. Effective samples per second, ESS x trajectories / seconds: the flow's with its training
+   time counted (``train + sampling``), and without (sampling only); annealing's over its
+   sampling. At the same wall time ``T`` annealing delivers ``ESS_a x rate_a x T`` effective
+   samples, the flow ``ESS_f x rate_f x (T - T_train)``; the ratio is printed for
+   ``T = T_train + T_eval`` (the run itself) and for long runs.
+
+Prints a table, writes ``perf/out/snf-<config>.json`` and a plot of the training curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, write_json  # noqa: E402
+
+from hpcflow import build_action, build_model, load_config  # noqa: E402
+from hpcflow.app.context import RunContext  # noqa: E402
+from hpcflow.app.metrics import read_metrics  # noqa: E402
+from hpcflow.app.propose import StartEnsemble, propose  # noqa: E402
+from hpcflow.app.train import Trainer  # noqa: E402
+from hpcflow.distributed import NoneComm  # noqa: E402
+from hpcflow.estimators import ess, independence_metropolis, log_z_estimate  # noqa: E402
+from hpcflow.flows.prior import STREAM_SAMPLE  # noqa: E402
+
+
+def draw(cfg, model, n: int, batch: int) -> dict:
+    """``n`` trajectories of the sampling stream: log weights, seconds, IMH acceptance."""
+    action = build_action(cfg)
+    s = cfg.sampler
+    start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
+             if s.beta_start > 0 else None)
+    t0 = time.perf_counter()
+    lw = []
+    with torch.no_grad():
+        for lo in range(0, n, batch):
+            p = propose(model, action, range(lo, min(lo + batch, n)), seed=cfg.train.seed,
+                        stream=STREAM_SAMPLE, start=start)
+            lw.append(p.log_weight.double().cpu().numpy())
+    seconds = time.perf_counter() - t0
+    lw = np.concatenate(lw)
+    uniforms = np.random.default_rng(0).random(n)
+    _, accepted, _, _ = independence_metropolis(lw, uniforms)
+    lz = log_z_estimate(lw)
+    return {"n": n, "seconds": seconds, "rate": n / seconds, "ess": ess(lw),
+            "log_z": lz.value, "log_z_error": lz.error, "acceptance": float(accepted[1:].mean()),
+            "mean_work": float(-lw.mean()), "var_work": float(lw.var())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--eval", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=512, help="trajectories per sampling batch")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out-dir")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    name = Path(args.config).stem
+    out = Path(args.out_dir or f"perf/out/snf-{name}")
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config(args.config, args.overrides + [
+        f"train.walltime={args.minutes * 60}", "train.eval_every=0", "train.plot=true"])
+    if cfg.sampler.kind != "snf":
+        raise SystemExit(f"{args.config}: sampler.kind must be snf")
+
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, RunContext(NoneComm(device="cpu", threads=args.threads), out / "run"))
+    result = trainer.run()
+    train_s = time.perf_counter() - t0
+    flow = draw(cfg, trainer.model.eval(), args.eval, args.batch)
+    ann_cfg = load_config(args.config, args.overrides + ["sampler.kind=annealing"])
+    ann = draw(ann_cfg, build_model(ann_cfg), args.eval, args.batch)
+
+    budget = train_s + flow["seconds"]
+    eff_flow = flow["ess"] * flow["n"] / budget
+    eff_flow_sampling = flow["ess"] * flow["rate"]
+    eff_ann = ann["ess"] * ann["rate"]
+    rows = [
+        {"sampler": "snf", "steps": cfg.sampler.steps, "layers": len(trainer.model.layers),
+         "train_s": train_s, "opt_steps": result.step, **flow,
+         "eff_per_s": eff_flow, "eff_per_s_sampling": eff_flow_sampling},
+        {"sampler": "annealing", "steps": cfg.sampler.steps, "layers": 0, "train_s": 0.0,
+         "opt_steps": 0, **ann, "eff_per_s": eff_ann, "eff_per_s_sampling": eff_ann},
+    ]
+    print(f"{cfg.lattice.group} {'x'.join(map(str, cfg.lattice.shape))} beta "
+          f"{cfg.sampler.beta_start} -> {cfg.action.beta}, {cfg.sampler.steps} steps, "
+          f"{args.threads} threads, {args.minutes} min budget")
+    print_table(rows, [("sampler", "sampler", ""), ("layers", "layers", "d"),
+                       ("opt_steps", "opt steps", "d"), ("train_s", "train s", ".0f"),
+                       ("n", "n", "d"), ("ess", "ESS", ".3f"), ("acceptance", "accept", ".3f"),
+                       ("log_z", "log Z", ".4f"), ("log_z_error", "+-", ".4f"),
+                       ("mean_work", "<W>", ".3f"), ("var_work", "var W", ".3f"),
+                       ("rate", "traj/s", ".1f"), ("eff_per_s", "eff/s (all)", ".2f"),
+                       ("eff_per_s_sampling", "eff/s (sampling)", ".2f")])
+    ratio = eff_flow / eff_ann if eff_ann > 0 else math.nan
+    ratio_long = eff_flow_sampling / eff_ann if eff_ann > 0 else math.nan
+    print(f"effective samples per second, snf / annealing: {ratio:.2f} over this run "
+          f"(training included), {ratio_long:.2f} for long runs (sampling only)")
+    curve = [{k: r.get(k) for k in ("step", "time", "loss", "ess")}
+             for r in read_metrics(out / "run" / "metrics.jsonl")]
+    write_json(f"perf/out/snf-{name}.json", {
+        "machine": machine(), "config": args.config, "overrides": args.overrides,
+        "minutes": args.minutes, "threads": args.threads, "rows": rows, "ratio": ratio,
+        "ratio_sampling_only": ratio_long, "training_curve": curve})
+    print(f"training curve: {out / 'run' / 'training.png'}; perf/out/snf-{name}.json")
+
+
+if __name__ == "__main__":
+    main()
