@@ -13,7 +13,8 @@ import torch
 
 from ..errors import InputFileError
 from ..flows.model import GaugeFlow, build_flow
-from ..flows.stochastic import StochasticFlow, power_protocol
+from ..flows.smearing import StoutSmearing
+from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
 from ..io.checkpoint import load_latest_checkpoint
 from ..lattice.action import GaugeAction
 from ..lattice.groups import get_group
@@ -36,20 +37,23 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
     if cfg.sampler.kind == "flow":
         return _flow(cfg, mask_schedule(cfg))
     s = cfg.sampler
-    layers, positions, transform = [], [], None
+    group = get_group(cfg.lattice.group)
+    layers, positions = [], []
     if s.kind == "snf":
         n_layers = s.layers or s.steps
-        m = cfg.model
-        schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
-                                  active_shapes=m.active_loops, feature_shapes=m.features,
-                                  multi_update=m.multi_update, require_coverage=False)
-        flow = _flow(cfg, schedule)
-        layers, transform = list(flow.layers), flow.link_transform
+        if s.layer == "stout":
+            layers = [StoutSmearing(group, cfg.lattice.shape) for _ in range(n_layers)]
+        else:
+            m = cfg.model
+            schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
+                                      active_shapes=m.active_loops, feature_shapes=m.features,
+                                      multi_update=m.multi_update, require_coverage=False)
+            flow = _flow(cfg, schedule)
+            layers = [OnLinks(layer, flow.link_transform) for layer in flow.layers]
         # evenly over the steps, the last one right before the last updates
         positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
-    return StochasticFlow(get_group(cfg.lattice.group), cfg.lattice.shape, protocol(cfg),
-                          sweeps=s.sweeps, overrelax=s.overrelax, link_transform=transform,
-                          layers=layers, positions=positions)
+    return StochasticFlow(group, cfg.lattice.shape, protocol(cfg), sweeps=s.sweeps,
+                          overrelax=s.overrelax, layers=layers, positions=positions)
 
 
 def protocol(cfg: Config) -> list[float]:

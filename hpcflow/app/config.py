@@ -343,8 +343,8 @@ class SamplerConfig:
     """``sampler``: what draws the configurations. ``flow``: the normalizing flow of ``model``
     (trained by ``hpcflow train``); ``annealing``: non-equilibrium trajectories of exact
     heat-bath updates along a protocol ``beta_0 -> action.beta``, weighted by their work
-    (nothing to train); ``snf``: the same with flow layers of ``model`` between the updates (a
-    stochastic normalizing flow, trained by ``hpcflow train``)."""
+    (nothing to train); ``snf``: the same with learned flow layers between the updates (a
+    stochastic normalizing flow, trained by ``hpcflow train``; ``sampler.layer``)."""
 
     kind: Literal["flow", "annealing", "snf"] = "flow"
     """Which sampler (see above); annealing and snf need the Wilson action and even extents."""
@@ -362,9 +362,13 @@ class SamplerConfig:
     """Heat-bath sweeps per protocol step."""
     overrelax: int = 0
     """Over-relaxation sweeps after each heat-bath sweep."""
+    layer: Literal["stout", "coupling"] = "stout"
+    """snf: the flow layers. ``stout``: learned stout smearing, one coupling ``rho`` per
+    checkerboard half of the links (``2 Nd`` parameters per layer, every link moved);
+    ``coupling``: the gauge-equivariant coupling layers of ``model`` (masks, context networks,
+    splines), cycling through its mask layers."""
     layers: int = 0
-    """snf: flow layers, spread evenly over the steps (0: one after every step); they cycle
-    through the mask layers of ``model``."""
+    """snf: flow layers, spread evenly over the steps (0: one after every step)."""
 
     def check(self, key: str) -> None:
         for name in ("steps", "sweeps"):
@@ -383,7 +387,7 @@ class SamplerConfig:
 
     @property
     def needs_model(self) -> bool:
-        return self.kind in ("flow", "snf")
+        return self.kind == "flow" or (self.kind == "snf" and self.layer == "coupling")
 
 
 @dataclass

@@ -393,6 +393,16 @@ def _flush() -> None:
             pass
 
 
+#: seconds between the last write and MPI_Abort: the launcher forwards our output through a
+#: pipe, and the abort kills the forwarding processes (a message was lost now and then without)
+ABORT_DRAIN_S = 1.0
+
+
+def _flush_before_abort() -> None:
+    _flush()
+    time.sleep(ABORT_DRAIN_S)
+
+
 # ------------------------------------------------------------------------------------- none
 class NoneComm(Communicator):
     """One process: collectives return their input (a copy where a new object is returned)."""
@@ -496,7 +506,7 @@ class MPIComm(Communicator):
         self._comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
-        _flush()
+        _flush_before_abort()
         self._comm.Abort(code)
 
 
@@ -629,7 +639,7 @@ class TorchComm(Communicator):
         self._allreduce_(torch.zeros(1, device=self._wire), "sum")
 
     def abort(self, code: int = 1) -> None:
-        _flush()
+        _flush_before_abort()
         if self._mpi_world is not None:
             self._mpi_world.Abort(code)
         os._exit(code)  # torchrun or alone: the agent / other ranks notice the dead peer
@@ -718,7 +728,7 @@ class HorovodComm(Communicator):
         self._hvd.barrier()
 
     def abort(self, code: int = 1) -> None:
-        _flush()
+        _flush_before_abort()
         try:
             from mpi4py import MPI
         except ImportError:
@@ -846,7 +856,4 @@ def abort_all(comm: Communicator, message: str, code: int = 2, *, grace_s: float
     _flush()
     if comm.size == 1:
         sys.exit(code)
-    # the launcher forwards our stderr through a pipe: give it a moment before the abort
-    # kills the forwarding processes (the message was lost now and then without this)
-    time.sleep(1.0 if comm.rank == 0 else 0.0)
     comm.abort(code)

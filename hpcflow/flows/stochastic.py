@@ -19,10 +19,11 @@ arXiv:2412.00200) gives ``E[exp(-W)] = Z_{beta_n} / Z_{beta_0}`` for the final c
 (also for independence Metropolis on the whole trajectory). Without flow layers this is plain
 annealing (Neal's annealed importance sampling).
 
-Flow layers are the gauge-equivariant coupling layers of :mod:`hpcflow.flows.coupling`, one set
-per position: each is conditioned on its protocol step by being its own module. They start as the
-identity (zero last layer of every context network), so an untrained stochastic flow *is*
-annealing.
+Flow layers map public links to ``(links, log|det J|)``: the learned stout-smearing layers of
+:mod:`hpcflow.flows.smearing` (one ``rho`` per checkerboard half: ``2 Nd`` parameters per layer)
+or the gauge-equivariant coupling layers of :mod:`hpcflow.flows.coupling` (:class:`OnLinks`).
+Each is conditioned on its protocol step by being its own module. They start as the identity,
+so an untrained stochastic flow *is* annealing.
 
 Training (:meth:`StochasticFlow.forward` with ``train=True``) minimizes the mean work, i.e. the
 KL divergence between the forward and the reverse path measures up to ``log Z_{beta_n} - log
@@ -50,7 +51,22 @@ from ..updates.heatbath import check_lattice, update_sweep
 from .coupling import GaugeCoupling
 from .transforms import LinkTransform
 
-__all__ = ["StochasticFlow", "power_protocol"]
+__all__ = ["OnLinks", "StochasticFlow", "power_protocol"]
+
+
+class OnLinks(nn.Module):
+    """A coupling layer (which works on the internal link form of its transform, e.g. U(1)
+    angles) as a map of public links ``[B, Nd, *L, Nc, Nc] -> (links', log|det J| [B])``."""
+
+    def __init__(self, layer: GaugeCoupling, link_transform: LinkTransform):
+        super().__init__()
+        self.layer = layer
+        self.link_transform = link_transform
+
+    def forward(self, links: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lt = self.link_transform
+        x, logdet = self.layer(lt.to_internal(links))
+        return lt.from_internal(x), logdet
 
 
 def power_protocol(beta_start: float, beta_end: float, steps: int, power: float = 1.0
@@ -68,28 +84,25 @@ class StochasticFlow(nn.Module):
 
     group, shape: the lattice; betas: ``[beta_0, ..., beta_n]`` (the protocol; increasing or
     not, any values > 0 after ``beta_0``); sweeps: heat-bath sweeps per step; overrelax:
-    over-relaxation sweeps after each heat-bath sweep; link_transform, layers, positions: the
-    flow layers and the step ``1..n`` each follows (several layers may share a step); dtype:
-    real precision of the links (float64 recommended: the work sums ``O(n V)`` terms).
+    over-relaxation sweeps after each heat-bath sweep; layers, positions: the flow layers
+    (modules ``links -> (links', log|det J|)``) and the step ``1..n`` each follows (several
+    layers may share a step); dtype: real precision of the links (float64 recommended: the work
+    sums ``O(n V)`` terms).
     """
 
     def __init__(self, group: Group, shape: Sequence[int], betas: Sequence[float], *,
-                 sweeps: int = 1, overrelax: int = 0, link_transform: LinkTransform | None = None,
-                 layers: Sequence[GaugeCoupling] = (), positions: Sequence[int] = (),
-                 dtype: torch.dtype = torch.float64):
+                 sweeps: int = 1, overrelax: int = 0, layers: Sequence[nn.Module] = (),
+                 positions: Sequence[int] = (), dtype: torch.dtype = torch.float64):
         super().__init__()
         check_lattice(shape)
         if len(betas) < 2:
             raise ValueError(f"a protocol needs beta_0 and at least one step, got {betas}")
         if len(layers) != len(positions) or any(not 1 <= p < len(betas) for p in positions):
             raise ValueError(f"each layer needs a step in 1..{len(betas) - 1}, got {positions}")
-        if layers and link_transform is None:
-            raise ValueError("flow layers need their link transform")
         self.group = group
         self.shape = tuple(shape)
         self.betas = [float(b) for b in betas]
         self.sweeps, self.overrelax = int(sweeps), int(overrelax)
-        self.link_transform = link_transform
         self.layers = nn.ModuleList(layers)
         self.positions = [int(p) for p in positions]
         self.real_dtype = dtype
@@ -107,8 +120,8 @@ class StochasticFlow(nn.Module):
     def device(self) -> torch.device:
         return self._anchor.device
 
-    def _layers_at(self) -> dict[int, list[GaugeCoupling]]:
-        at: dict[int, list[GaugeCoupling]] = {}
+    def _layers_at(self) -> dict[int, list[nn.Module]]:
+        at: dict[int, list[nn.Module]] = {}
         for layer, pos in zip(self.layers, self.positions, strict=True):
             at.setdefault(pos, []).append(layer)
         return at
@@ -133,14 +146,12 @@ class StochasticFlow(nn.Module):
             beta = self.betas[k]
             work = work + (beta - self.betas[k - 1]) * s_u
             if k in at:
-                lt = self.link_transform
-                x = lt.to_internal(u)
                 with torch.set_grad_enabled(train and torch.is_grad_enabled()):
                     local = torch.zeros_like(work)
+                    u_new = u
                     for layer in at[k]:
-                        x, logdet = layer(x)
+                        u_new, logdet = layer(u_new)
                         local = local - logdet
-                    u_new = lt.from_internal(x)
                     s_new = s1(u_new)
                     local = local + beta * (s_new - s_u)
                 objective = objective + local

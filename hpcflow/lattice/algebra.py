@@ -44,17 +44,19 @@ def algebra_basis(group: Group, *, dtype=torch.complex128, device=None) -> torch
     return torch.stack(basis).to(device)
 
 
-def project_algebra(m: torch.Tensor, group: Group) -> torch.Tensor:
+def project_algebra(m: torch.Tensor, group: Group | None = None) -> torch.Tensor:
     """``Pi(M)``: the traceless anti-Hermitian part ``(M - M^dag)/2 - tr(M - M^dag)/(2 Nc)``.
 
     This is the orthogonal projection onto the algebra for ``<A, B> = Re tr(A^dag B)``, so
-    ``Re tr(T_a^dag M) = Re tr(T_a^dag Pi(M))`` for every generator. U(1): ``i Im M``.
-    ``[..., Nc, Nc] -> [..., Nc, Nc]``.
+    ``Re tr(T_a^dag M) = Re tr(T_a^dag Pi(M))`` for every generator. U(1) (``Nc = 1``):
+    ``i Im M``. ``[..., Nc, Nc] -> [..., Nc, Nc]`` (``Nc`` from the shape; ``group`` is not
+    needed).
     """
+    nc = m.shape[-1]
     a = 0.5 * (m - m.conj().transpose(-1, -2))
-    if group.nc > 1:
-        tr = a.diagonal(dim1=-2, dim2=-1).sum(-1) / group.nc
-        a = a - tr[..., None, None] * torch.eye(group.nc, dtype=a.dtype, device=a.device)
+    if nc > 1:
+        tr = a.diagonal(dim1=-2, dim2=-1).sum(-1) / nc
+        a = a - tr[..., None, None] * torch.eye(nc, dtype=a.dtype, device=a.device)
     return a
 
 
@@ -72,9 +74,12 @@ def algebra_exp(x: torch.Tensor, group: Group) -> torch.Tensor:
     if n == 1:
         return torch.exp(x)
     if n == 2:
-        t = torch.sqrt((-0.5 * _trace_of_product(x, x).real).clamp_min(0.0))
-        cos = torch.cos(t)[..., None, None]
-        sinc = torch.sinc(t / math.pi)[..., None, None]  # sin(t)/t, = 1 at t = 0
+        t2 = (-0.5 * _trace_of_product(x, x).real).clamp_min(0.0)
+        # Taylor series near t = 0 keep the gradient finite there (sqrt has none at 0)
+        small = t2 < 1e-6
+        t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
+        cos = torch.where(small, 1 - t2 / 2 + t2 * t2 / 24, torch.cos(t))[..., None, None]
+        sinc = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(t) / t)[..., None, None]
         return cos * torch.eye(2, dtype=x.dtype, device=x.device) + sinc * x
     if n == 3:
         return _exp_su3(x)

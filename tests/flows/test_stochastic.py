@@ -68,11 +68,15 @@ def test_work_by_hand():
     assert torch.equal(objective, torch.zeros(3, dtype=torch.float64))
 
 
-def test_identity_layers_give_annealing_exactly():
-    """A new stochastic flow (zero last layers: identity maps) has the work of annealing."""
+LAYERS = {"stout": ["sampler.layer=stout"],
+          "coupling": ["sampler.layer=coupling", "model.net.hidden=[4]", "model.dtype=float64"]}
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_identity_layers_give_annealing_exactly(layer):
+    """A new stochastic flow (identity layers) has the work of annealing."""
     ann = config("U1", (4, 4), 1.5, "sampler.kind=annealing", "sampler.steps=6")
-    snf = config("U1", (4, 4), 1.5, "sampler.kind=snf", "sampler.steps=6",
-                 "model.net.hidden=[4]", "model.dtype=float64")
+    snf = config("U1", (4, 4), 1.5, "sampler.kind=snf", "sampler.steps=6", *LAYERS[layer])
     u_a, lw_a = draw(ann, 16)
     u_s, lw_s = draw(snf, 16)
     assert len(build_model(snf).layers) == 6
@@ -113,31 +117,35 @@ def test_annealing_agrees_with_exact_2d(case):
         assert lz.error < 0.2 and abs(lz.value - lz_exact) < 2 * lz.error
 
 
-def test_random_flow_layers_keep_the_weights_exact():
+@pytest.mark.parametrize("layer, scale", [("stout", 0.1), ("coupling", 0.05)])
+def test_random_flow_layers_keep_the_weights_exact(layer, scale):
     """Jarzynski holds for any flow layers: with random (far from trained) parameters the
     estimates stay unbiased, only noisier."""
     cfg = config("U1", (8, 8), 2.0, "sampler.kind=snf", "sampler.steps=30", "sampler.layers=6",
-                 "model.net.hidden=[4]", "model.dtype=float64")
+                 *LAYERS[layer])
     model = build_model(cfg)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     links, lw = draw(cfg, 2048, model=model)
     _, lw0 = draw(config("U1", (8, 8), 2.0, "sampler.kind=annealing", "sampler.steps=30"), 16)
     assert not np.allclose(lw[:16], lw0)  # the layers do act
     lz = log_z_estimate(lw)
     plaq = reweighted_mean(average_plaquette(links, get_group("U1")).double().numpy(), lw)
-    assert abs(lz.value - exact.u1_2d_log_z(2.0, 64)) < 2 * lz.error
-    assert abs(plaq.value - exact.u1_2d_plaquette(2.0, 64)) < 2 * plaq.error
+    print(f"{layer}: ESS {ess(lw):.3f}, log Z {lz.value:.3f}({lz.error:.3f}), "
+          f"<P> {plaq.value:.4f}({plaq.error:.4f})")
+    # 3 sigma: with a low ESS the error of log mean w is itself uncertain (heavy tails)
+    assert abs(lz.value - exact.u1_2d_log_z(2.0, 64)) < 3 * lz.error
+    assert abs(plaq.value - exact.u1_2d_plaquette(2.0, 64)) < 3 * plaq.error
 
 
-def test_one_step_stochastic_flow_is_a_normalizing_flow():
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_one_step_stochastic_flow_is_a_normalizing_flow(layer):
     """n = 1 with its layer: W = beta S_1(f(U_0)) - log|det J_f(U_0)|, the reverse-KL loss of
     the flow f; the objective (gradient estimator) is then the exact reparameterized loss, up
     to beta S_1(U_0), which has no gradient."""
-    cfg = config("U1", (4, 4), 1.0, "sampler.kind=snf", "sampler.steps=1",
-                 "model.net.hidden=[4]", "model.dtype=float64")
+    cfg = config("SU2", (4, 4), 1.0, "sampler.kind=snf", "sampler.steps=1", *LAYERS[layer])
     model = build_model(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -145,9 +153,8 @@ def test_one_step_stochastic_flow_is_a_normalizing_flow():
     u0 = haar_prior(model.group, model.shape, range(5), seed=0, stream=STREAM_SAMPLE)
     keys = stream_keys(0, 1, range(5))
     _, work, objective = model(u0, keys, train=True)
-    lt = model.link_transform
-    x, logdet = model.layers[0](lt.to_internal(u0))
-    direct = build_action(cfg)(lt.from_internal(x)) - logdet
+    u1, logdet = model.layers[0](u0)
+    direct = build_action(cfg)(u1) - logdet
     assert torch.allclose(work, direct.detach(), atol=1e-10)
     assert torch.allclose(objective + build_action(cfg)(u0), direct, atol=1e-10)
     g1 = torch.autograd.grad(objective.sum(), list(model.parameters()))
@@ -155,11 +162,11 @@ def test_one_step_stochastic_flow_is_a_normalizing_flow():
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(g1, g2, strict=True))
 
 
-def test_gradient_is_the_sum_of_each_layers_own_work_at_fixed_input():
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_gradient_is_the_sum_of_each_layers_own_work_at_fixed_input(layer):
     """The estimator (module docstring of hpcflow.flows.stochastic): recompute every layer's
     work from the recorded (detached) inputs, one by one; the summed gradients agree."""
-    cfg = config("U1", (4, 4), 1.5, "sampler.kind=snf", "sampler.steps=4",
-                 "model.net.hidden=[4]", "model.dtype=float64")
+    cfg = config("U1", (4, 4), 1.5, "sampler.kind=snf", "sampler.steps=4", *LAYERS[layer])
     model = build_model(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -173,16 +180,15 @@ def test_gradient_is_the_sum_of_each_layers_own_work_at_fixed_input():
     for h in hooks:
         h.remove()
     grads = torch.autograd.grad(objective.sum(), list(model.parameters()))
-    lt, s1 = model.link_transform, build_action(config("U1", (4, 4), 1.0))
+    s1 = build_action(config("U1", (4, 4), 1.0))
     by_hand = 0.0
-    for layer, pos, x in zip(model.layers, model.positions, inputs, strict=True):
-        beta = model.betas[pos]
-        y, logdet = layer(x)
-        by_hand = by_hand + (beta * (s1(lt.from_internal(y)) - s1(lt.from_internal(x)))
-                             - logdet).sum()
+    for mod, pos, x in zip(model.layers, model.positions, inputs, strict=True):
+        y, logdet = mod(x)
+        by_hand = by_hand + (model.betas[pos] * (s1(y) - s1(x)) - logdet).sum()
     grads2 = torch.autograd.grad(by_hand, list(model.parameters()))
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, grads2, strict=True))
-    assert math.isclose(float(objective.sum()), float(by_hand), rel_tol=1e-10)
+    assert math.isclose(float(objective.sum().detach()), float(by_hand.detach()),
+                        rel_tol=1e-10)
 
 
 def test_training_lowers_the_work_and_keeps_log_z_exact(tmp_path):
@@ -193,7 +199,8 @@ def test_training_lowers_the_work_and_keeps_log_z_exact(tmp_path):
     from tests.helpers import run_ctx
 
     cfg = config("U1", (6, 6), 2.0, "sampler.kind=snf", "sampler.steps=4",
-                 "model.net.hidden=[8]", "model.dtype=float64", "train.steps=60",
+                 "sampler.layer=coupling", "model.net.hidden=[8]", "model.dtype=float64",
+                 "train.steps=60",
                  "train.batch_size=32", "train.lr=0.01", "train.eval_every=0",
                  "train.plot=false", "distributed.threads=2")
     trainer = Trainer(cfg, run_ctx(tmp_path))

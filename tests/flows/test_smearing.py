@@ -1,0 +1,96 @@
+"""The learned stout-smearing layer: its log-determinant against the autograd Jacobian in
+Lie-algebra coordinates, invertibility, gauge covariance, the identity at zero parameters."""
+
+import pytest
+import torch
+
+from hpcflow.flows.smearing import StoutSmearing
+from hpcflow.lattice.algebra import algebra_basis, algebra_exp
+from hpcflow.lattice.groups import gauge_transform, get_group, random_gauge
+
+F64 = torch.float64
+
+
+def layer_with(group, shape, scale, seed=0):
+    layer = StoutSmearing(group, shape)
+    with torch.no_grad():  # far from zero, up to the edge of the allowed range
+        layer.p.copy_(scale * torch.randn(layer.p.shape, generator=torch.Generator().manual_seed(
+            seed), dtype=F64))
+    return layer
+
+
+@pytest.mark.parametrize("name, shape", [("U1", (2, 2)), ("U1", (2, 2, 2)), ("SU2", (2, 2)),
+                                         ("SU2", (2, 2, 2)), ("SU3", (2, 2))])
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_logdet_equals_the_autograd_jacobian(name, shape, scale):
+    """J_ab = d coord_a(U'(v) U'(0)^dag) / d v_b at v = 0 over every link and generator,
+    U(v) = exp(v.T) U; slogdet(J) equals the reported log-determinant."""
+    g = get_group(name)
+    basis = algebra_basis(g)
+    nd = len(shape)
+    links = g.random((1, nd, *shape), generator=torch.Generator().manual_seed(1))
+    layer = layer_with(g, shape, scale)
+    out, logdet = layer(links)
+    n_links = nd * torch.Size(shape).numel()
+    n_gen = basis.shape[0]
+
+    def coords(v):
+        x = torch.einsum("lc,cij->lij", v.view(n_links, n_gen).to(basis.dtype), basis)
+        moved = algebra_exp(x, g).view(1, nd, *shape, g.nc, g.nc) @ links
+        new, _ = layer(moved)
+        rel = (new @ out.conj().transpose(-1, -2)).reshape(n_links, g.nc, g.nc)
+        anti = 0.5 * (rel - rel.conj().transpose(-1, -2))
+        return torch.einsum("aij,lij->la", basis.conj(), anti).real.reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(coords, torch.zeros(n_links * n_gen, dtype=F64))
+    sign, value = torch.linalg.slogdet(jac)
+    assert sign > 0
+    assert torch.allclose(value, logdet[0], atol=1e-9), (value, logdet)
+
+
+@pytest.mark.parametrize("name", ["U1", "SU2", "SU3"])
+def test_zero_parameters_are_the_identity(name):
+    g = get_group(name)
+    links = g.random((2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    out, logdet = StoutSmearing(g, (4, 4))(links)
+    assert torch.equal(out, links) and torch.equal(logdet, torch.zeros(2, dtype=F64))
+
+
+@pytest.mark.parametrize("name", ["U1", "SU3"])
+def test_gauge_covariant_and_logdet_invariant(name):
+    g = get_group(name)
+    shape = (4, 2, 2)
+    gen = torch.Generator().manual_seed(2)
+    links = g.random((2, 3, *shape), generator=gen)
+    omega = random_gauge(g, 2, shape, generator=gen)
+    layer = layer_with(g, shape, 2.0)
+    out, ld = layer(links)
+    out2, ld2 = layer(gauge_transform(links, omega, g))
+    assert torch.allclose(out2, gauge_transform(out, omega, g), atol=1e-12)
+    assert torch.allclose(ld, ld2, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["U1", "SU2", "SU3"])
+def test_the_map_is_invertible(name):
+    """Every half is a contraction around the identity (|rho| |A| < 1): the fixed-point
+    iteration U = exp(rho Pi(U A)) U' recovers the input, half by half in reverse order."""
+    g = get_group(name)
+    shape = (4, 4)
+    links = g.random((3, 2, *shape), generator=torch.Generator().manual_seed(5))
+    layer = layer_with(g, shape, 5.0)  # rho at the edge of its range
+    out, _ = layer(links)
+    from hpcflow.lattice.algebra import project_algebra
+    from hpcflow.updates.heatbath import staple_at
+
+    rho = layer.rho()
+    flat = out.reshape(3, -1, g.nc, g.nc).clone()
+    for mu in reversed(range(2)):
+        for parity in (1, 0):
+            sites, a = staple_at(flat.view_as(out), mu, parity, g)
+            rows = sites + mu * 16
+            target = flat.index_select(1, rows)
+            u = target
+            for _ in range(200):
+                u = algebra_exp(rho[mu, parity] * project_algebra(u @ a), g) @ target
+            flat = flat.index_copy(1, rows, u)
+    assert torch.allclose(flat.view_as(links), links, atol=1e-10)
