@@ -124,6 +124,7 @@ def _plot_volume(rows: list[dict]) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -132,6 +133,7 @@ def _plot_volume(rows: list[dict]) -> None:
                          label=f"L = {r['L']}")
     axes[0].axhline(0.5, color="0.6", lw=0.8)
     axes[0].set_xscale("log")
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_xlabel("protocol steps n")
     axes[0].set_ylabel("ESS")
     axes[0].legend()
@@ -139,6 +141,7 @@ def _plot_volume(rows: list[dict]) -> None:
     axes[1].loglog(v, [r["steps_ess_0.5"] for r in rows], "o-", label="steps for ESS 0.5")
     axes[1].loglog(v, [r["s_per_eff_sample"] for r in rows], "s-",
                    label="s per effective sample")
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].set_xlabel("volume V = L^3")
     axes[1].legend()
     fig.suptitle("U(1) 3D, annealing from Haar with heat-bath updates")

@@ -12,8 +12,12 @@
    sampling. At the same wall time ``T`` annealing delivers ``ESS_a x rate_a x T`` effective
    samples, the flow ``ESS_f x rate_f x (T - T_train)``; the ratio is printed for
    ``T = T_train + T_eval`` (the run itself), for ``T`` = 10 minutes, and for long runs.
+4. The heat-bath chain of ``hpcflow mcmc`` at the same coupling (``--reference`` saved sweeps):
+   plaquette, ``1 / (2 tau_int)`` of the plaquette as its ESS per sweep, sweeps per second.
+   The plaquettes of all three agree within errors when everything is right.
 
-Prints a table, writes ``perf/out/snf-<config>.json`` and a plot of the training curve.
+``--minutes 0`` skips the flow (annealing and the chain only). Prints a table, writes
+``perf/out/snf-<config>.json`` and a plot of the training curve.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import math
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,13 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_json  # noqa: E402
 
 from hpcflow import build_action, build_model, load_config  # noqa: E402
+from hpcflow.app.chains import run_chain  # noqa: E402
 from hpcflow.app.context import RunContext  # noqa: E402
 from hpcflow.app.metrics import read_metrics  # noqa: E402
 from hpcflow.app.propose import StartEnsemble, propose  # noqa: E402
 from hpcflow.app.train import Trainer  # noqa: E402
 from hpcflow.distributed import NoneComm  # noqa: E402
-from hpcflow.estimators import ess, independence_metropolis, log_z_estimate  # noqa: E402
+from hpcflow.estimators import (  # noqa: E402
+    chain_mean,
+    ess,
+    independence_metropolis,
+    integrated_autocorrelation_time,
+    log_z_estimate,
+    reweighted_mean,
+)
 from hpcflow.flows.prior import STREAM_SAMPLE  # noqa: E402
+from hpcflow.io.samples import open_samples  # noqa: E402
+from hpcflow.lattice.groups import get_group  # noqa: E402
+from hpcflow.lattice.observables import average_plaquette  # noqa: E402
 
 
 def draw(cfg, model, n: int, batch: int) -> dict:
@@ -47,21 +63,46 @@ def draw(cfg, model, n: int, batch: int) -> dict:
     s = cfg.sampler
     start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
              if s.beta_start > 0 else None)
+    group = get_group(cfg.lattice.group)
     t0 = time.perf_counter()
-    lw = []
+    lw, plaq = [], []
     with torch.no_grad():
         for lo in range(0, n, batch):
             p = propose(model, action, range(lo, min(lo + batch, n)), seed=cfg.train.seed,
                         stream=STREAM_SAMPLE, start=start)
             lw.append(p.log_weight.double().cpu().numpy())
+            plaq.append(average_plaquette(p.links, group).double().cpu().numpy())
     seconds = time.perf_counter() - t0
-    lw = np.concatenate(lw)
+    lw, plaq = np.concatenate(lw), reweighted_mean(np.concatenate(plaq), np.concatenate(lw))
     uniforms = np.random.default_rng(0).random(n)
     _, accepted, _, _ = independence_metropolis(lw, uniforms)
     lz = log_z_estimate(lw)
     return {"n": n, "seconds": seconds, "rate": n / seconds, "ess": ess(lw),
             "log_z": lz.value, "log_z_error": lz.error, "acceptance": float(accepted[1:].mean()),
-            "mean_work": float(-lw.mean()), "var_work": float(lw.var())}
+            "mean_work": float(-lw.mean()), "var_work": float(lw.var()),
+            "plaquette": plaq.value, "plaquette_err": plaq.error}
+
+
+def reference_chain(cfg, sweeps: int, threads: int) -> dict:
+    """The heat-bath chain (``heatbath.overrelax`` over-relaxation sweeps per sweep) at the
+    same coupling: plaquette with its error, seconds per sweep, ``1 / (2 tau_int)`` of the
+    plaquette as its ESS per sweep (thermalization not counted)."""
+    group = get_group(cfg.lattice.group)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = RunContext(NoneComm(device="cpu", threads=threads), tmp, terminal=False)
+        t0 = time.perf_counter()
+        run_chain(cfg, "heatbath", Path(tmp) / "hb", ctx, n_total=sweeps)
+        seconds = time.perf_counter() - t0
+        with open_samples(Path(tmp) / "hb" / "samples.h5") as f:
+            plaq = average_plaquette(torch.from_numpy(f.links[:]), group).double().numpy()
+    est = chain_mean(plaq)
+    tau = integrated_autocorrelation_time(plaq).tau
+    per_sweep = seconds / (sweeps * cfg.heatbath.save_every + cfg.heatbath.thermalization)
+    return {"sampler": "heat-bath chain", "n": sweeps, "seconds": seconds,
+            "rate": 1 / (per_sweep * cfg.heatbath.save_every), "ess": 1 / (2 * tau),
+            "log_z": math.nan, "log_z_error": math.nan, "acceptance": math.nan,
+            "mean_work": math.nan, "var_work": math.nan,
+            "plaquette": est.value, "plaquette_err": est.error}
 
 
 def main() -> None:
@@ -72,6 +113,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512, help="trajectories per sampling batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--reference", type=int, default=1000,
+                   help="heat-bath chain length (saved sweeps) for the reference; 0: none")
     p.add_argument("--out-dir")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,29 +122,35 @@ def main() -> None:
     out = Path(args.out_dir or f"perf/out/snf-{name}")
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(args.config, args.overrides + [
-        f"train.walltime={args.minutes * 60}", "train.eval_every=0", "train.plot=true"])
+        f"train.walltime={max(args.minutes, 0.01) * 60}", "train.eval_every=0",
+        "train.plot=true"])
     if cfg.sampler.kind != "snf":
         raise SystemExit(f"{args.config}: sampler.kind must be snf")
 
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg, RunContext(NoneComm(device="cpu", threads=args.threads), out / "run"))
-    result = trainer.run()
-    train_s = time.perf_counter() - t0
-    flow = draw(cfg, trainer.model.eval(), args.eval, args.batch)
+    rows, flow = [], None
+    if args.minutes > 0:
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, RunContext(NoneComm(device="cpu", threads=args.threads),
+                                          out / "run"))
+        result = trainer.run()
+        train_s = time.perf_counter() - t0
+        flow = draw(cfg, trainer.model.eval(), args.eval, args.batch)
+        rows.append({"sampler": "snf", "steps": cfg.sampler.steps,
+                     "layers": len(trainer.model.layers), "train_s": train_s,
+                     "opt_steps": result.step, **flow,
+                     "eff_per_s": flow["ess"] * flow["n"] / (train_s + flow["seconds"]),
+                     "eff_per_s_sampling": flow["ess"] * flow["rate"]})
     ann_cfg = load_config(args.config, args.overrides + ["sampler.kind=annealing"])
     ann = draw(ann_cfg, build_model(ann_cfg), args.eval, args.batch)
-
-    budget = train_s + flow["seconds"]
-    eff_flow = flow["ess"] * flow["n"] / budget
-    eff_flow_sampling = flow["ess"] * flow["rate"]
     eff_ann = ann["ess"] * ann["rate"]
-    rows = [
-        {"sampler": "snf", "steps": cfg.sampler.steps, "layers": len(trainer.model.layers),
-         "train_s": train_s, "opt_steps": result.step, **flow,
-         "eff_per_s": eff_flow, "eff_per_s_sampling": eff_flow_sampling},
-        {"sampler": "annealing", "steps": cfg.sampler.steps, "layers": 0, "train_s": 0.0,
-         "opt_steps": 0, **ann, "eff_per_s": eff_ann, "eff_per_s_sampling": eff_ann},
-    ]
+    rows.append({"sampler": "annealing", "steps": cfg.sampler.steps, "layers": 0,
+                 "train_s": 0.0, "opt_steps": 0, **ann, "eff_per_s": eff_ann,
+                 "eff_per_s_sampling": eff_ann})
+    if args.reference:
+        ref = reference_chain(ann_cfg, args.reference, args.threads)
+        eff_ref = ref["ess"] * ref["rate"]
+        rows.append({"steps": 0, "layers": 0, "train_s": 0.0, "opt_steps": 0, **ref,
+                     "eff_per_s": eff_ref, "eff_per_s_sampling": eff_ref})
     print(f"{cfg.lattice.group} {'x'.join(map(str, cfg.lattice.shape))} beta "
           f"{cfg.sampler.beta_start} -> {cfg.action.beta}, {cfg.sampler.steps} steps, "
           f"{args.threads} threads, {args.minutes} min budget")
@@ -109,24 +158,29 @@ def main() -> None:
                        ("opt_steps", "opt steps", "d"), ("train_s", "train s", ".0f"),
                        ("n", "n", "d"), ("ess", "ESS", ".3f"), ("acceptance", "accept", ".3f"),
                        ("log_z", "log Z", ".4f"), ("log_z_error", "+-", ".4f"),
+                       ("plaquette", "<P>", ".5f"), ("plaquette_err", "+-", ".5f"),
                        ("mean_work", "<W>", ".3f"), ("var_work", "var W", ".3f"),
                        ("rate", "traj/s", ".1f"), ("eff_per_s", "eff/s (all)", ".2f"),
                        ("eff_per_s_sampling", "eff/s (sampling)", ".2f")])
-    ratio = eff_flow / eff_ann if eff_ann > 0 else math.nan
-    ratio_long = eff_flow_sampling / eff_ann if eff_ann > 0 else math.nan
-    # a 10-minute budget: the flow samples for what its training leaves, annealing throughout
-    ratio_10 = (eff_flow_sampling * max(600.0 - train_s, 0.0) / (eff_ann * 600.0)
-                if eff_ann > 0 else math.nan)
-    print(f"effective samples per second, snf / annealing: {ratio:.2f} over this run "
-          f"(training included), {ratio_10:.2f} in a 10-minute budget (training included), "
-          f"{ratio_long:.2f} for long runs (sampling only)")
-    curve = [{k: r.get(k) for k in ("step", "time", "loss", "ess")}
-             for r in read_metrics(out / "run" / "metrics.jsonl")]
+    ratio = ratio_10 = ratio_long = math.nan
+    if flow is not None and eff_ann > 0:
+        snf = rows[0]
+        ratio = snf["eff_per_s"] / eff_ann
+        ratio_long = snf["eff_per_s_sampling"] / eff_ann
+        # a 10-minute budget: the flow samples for what its training leaves, annealing throughout
+        ratio_10 = ratio_long * max(600.0 - snf["train_s"], 0.0) / 600.0
+        print(f"effective samples per second, snf / annealing: {ratio:.2f} over this run "
+              f"(training included), {ratio_10:.2f} in a 10-minute budget (training "
+              f"included), {ratio_long:.2f} for long runs (sampling only)")
+    metrics = out / "run" / "metrics.jsonl"
+    curve = ([{k: r.get(k) for k in ("step", "time", "loss", "ess")}
+              for r in read_metrics(metrics)] if metrics.exists() else [])
     write_json(f"perf/out/snf-{name}.json", {
         "machine": machine(), "config": args.config, "overrides": args.overrides,
         "minutes": args.minutes, "threads": args.threads, "rows": rows, "ratio": ratio,
         "ratio_10_minutes": ratio_10, "ratio_sampling_only": ratio_long, "training_curve": curve})
-    print(f"training curve: {out / 'run' / 'training.png'}; perf/out/snf-{name}.json")
+    print(f"training curve: {out / 'run' / 'training.png'}; perf/out/snf-{name}.json"
+          if flow is not None else f"perf/out/snf-{name}.json")
 
 
 if __name__ == "__main__":

@@ -11,21 +11,19 @@ __all__ = ["plot_training"]
 
 
 def plot_training(run_dir: str | Path) -> Path | None:
-    """Draw ``RUN_DIR/training.png`` from ``metrics.jsonl``; None when there is nothing to draw
-    or matplotlib is missing."""
+    """Draw ``RUN_DIR/training.png`` from ``metrics.jsonl``; None when there is nothing to
+    draw. Raises ``ImportError`` when matplotlib is missing."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() \
         else []
     if not records:
         return None
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    panels = [("loss", "loss = <log q + S>"), ("ess", "ESS (batch)"),
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "loss: <log q + S> or <W>"), ("ess", "ESS (batch)"),
               ("eval_ess", "ESS (evaluation batch)"), ("eval_acceptance", "acceptance (IMH)")]
     panels = [(k, label) for k, label in panels if any(k in r for r in records)]
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 2.6 * len(panels)), squeeze=False)

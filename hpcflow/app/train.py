@@ -258,9 +258,12 @@ class Trainer:
         if reason != "done":
             self.ctx.log.info(f"stopped at step {self.step} ({reason}); run the same command "
                               f"again to resume")
-        if comm.is_root and tc.plot and plot_training(self.run_dir) is None:
-            self.ctx.log.info("training.png not drawn: matplotlib is missing "
-                              "(pip install 'hpcflow[plot]')")
+        if comm.is_root and tc.plot:
+            try:
+                plot_training(self.run_dir)
+            except ImportError:
+                self.ctx.log.info("training.png not drawn: matplotlib is missing "
+                                  "(pip install 'hpcflow[plot]')")
         return TrainResult(step=self.step, reason=reason, last=self._last)
 
     def checkpoint(self) -> Path | None:

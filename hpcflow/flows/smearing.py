@@ -51,8 +51,10 @@ def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
     """``log det J`` of ``U -> exp(-rho Pi(U A)) U`` at fixed ``A`` (module docstring).
 
     w: ``U A``, ``[..., Nc, Nc]``; rho: broadcastable to ``[...]``; basis: the algebra basis
-    ``[n, Nc, Nc]``. Returns ``[...]``. ``G(M)`` by its power series (``|M| <= 1`` here, so
-    ``terms = 10`` is exact to double precision).
+    ``[n, Nc, Nc]``. Returns ``[...]``. ``G(M)`` by its power series, truncated after
+    ``terms``: the error is below ``|M|^terms / (terms + 1)!`` relative, about 1e-15 at the
+    ``|M| ~ 0.3`` of trained layers but 2e-4 at the largest ``|M| ~ 2.5`` that ``rho_max``
+    allows (``|rho| = rho_max`` and staples all aligned), where more terms are needed.
     """
     rho = torch.as_tensor(rho, dtype=w.real.dtype, device=w.device)
     n = basis.shape[0]

@@ -138,21 +138,6 @@ class Group(Algebra):
         """Nearest group element (in Frobenius norm) to a matrix ``[..., Nc, Nc]``."""
         raise NotImplementedError
 
-    def eig(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigen-decomposition of unitary matrices: ``a = V diag(exp(i phi)) V^dagger``.
-
-        Returns ``phi: [..., Nc]`` real in ``(-pi, pi]`` and ``V: [..., Nc, Nc]`` with
-        orthonormal columns (the eigenvectors are defined up to a phase per column).
-        """
-        evals, evecs = torch.linalg.eig(a)
-        phi = torch.angle(evals)
-        # Columns of a unitary matrix's eigenvector basis are orthonormal only for distinct
-        # eigenvalues; a QR pass makes them orthonormal in the degenerate case as well.
-        q, r = torch.linalg.qr(evecs)
-        diag = r.diagonal(dim1=-2, dim2=-1)
-        q = q * (diag / diag.abs().clamp_min(torch.finfo(diag.real.dtype).tiny)).unsqueeze(-2)
-        return phi, q
-
     def __eq__(self, other) -> bool:
         return isinstance(other, Group) and other.name == self.name
 
@@ -192,9 +177,6 @@ class U1(Group):
 
     def project(self, a):
         return a / a.abs().clamp_min(torch.finfo(a.real.dtype).tiny)
-
-    def eig(self, a):
-        return torch.angle(a[..., 0, :]), torch.ones_like(a)
 
     @staticmethod
     def angle(a: torch.Tensor) -> torch.Tensor:
