@@ -17,7 +17,8 @@
    The plaquettes of all three agree within errors when everything is right.
 
 ``--minutes 0`` skips the flow (annealing and the chain only). Prints a table, writes
-``perf/out/snf-<config>.json`` and a plot of the training curve.
+``snf-<config>.json`` (into ``--out-dir``, default ``perf/out``) and a plot of the training
+curve.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--reference", type=int, default=1000,
                    help="heat-bath chain length (saved sweeps) for the reference; 0: none")
-    p.add_argument("--out-dir")
+    p.add_argument("--out-dir", help="run folder and JSON (emptied first; default perf/out)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     name = Path(args.config).stem
@@ -175,12 +176,13 @@ def main() -> None:
     metrics = out / "run" / "metrics.jsonl"
     curve = ([{k: r.get(k) for k in ("step", "time", "loss", "ess")}
               for r in read_metrics(metrics)] if metrics.exists() else [])
-    write_json(f"perf/out/snf-{name}.json", {
+    json_path = (Path(args.out_dir) if args.out_dir else Path("perf/out")) / f"snf-{name}.json"
+    write_json(json_path, {
         "machine": machine(), "config": args.config, "overrides": args.overrides,
         "minutes": args.minutes, "threads": args.threads, "rows": rows, "ratio": ratio,
         "ratio_10_minutes": ratio_10, "ratio_sampling_only": ratio_long, "training_curve": curve})
-    print(f"training curve: {out / 'run' / 'training.png'}; perf/out/snf-{name}.json"
-          if flow is not None else f"perf/out/snf-{name}.json")
+    print(f"training curve: {out / 'run' / 'training.png'}; {json_path}"
+          if flow is not None else str(json_path))
 
 
 if __name__ == "__main__":
