@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json  # noqa: E402
+from common import draw_trajectories, machine, print_table, write_json  # noqa: E402
 
 from hpcflow import build_action, build_model, load_config  # noqa: E402
 from hpcflow.app.chains import run_chain  # noqa: E402
 from hpcflow.app.context import RunContext  # noqa: E402
-from hpcflow.app.propose import StartEnsemble, propose  # noqa: E402
+from hpcflow.app.propose import StartEnsemble  # noqa: E402
 from hpcflow.distributed import NoneComm  # noqa: E402
 from hpcflow.estimators import (  # noqa: E402
     chain_mean,
@@ -47,7 +47,6 @@ from hpcflow.estimators import (  # noqa: E402
     integrated_autocorrelation_time,
     reweighted_mean,
 )
-from hpcflow.flows.prior import STREAM_SAMPLE  # noqa: E402
 from hpcflow.io.samples import open_samples  # noqa: E402
 from hpcflow.lattice import exact  # noqa: E402
 from hpcflow.lattice.groups import get_group  # noqa: E402
@@ -58,18 +57,8 @@ from hpcflow.updates.hmc import HMC  # noqa: E402
 def anneal(overrides: list[str], n: int, batch: int = 256, start=None, observable=None):
     """``n`` annealing trajectories: log weights, seconds, and ``observable(links)`` if given."""
     cfg = load_config(None, ["sampler.kind=annealing", *overrides])
-    model, action = build_model(cfg), build_action(cfg)
-    t0 = time.perf_counter()
-    lw, obs = [], []
-    with torch.no_grad():
-        for lo in range(0, n, batch):
-            p = propose(model, action, range(lo, min(lo + batch, n)), seed=cfg.train.seed,
-                        stream=STREAM_SAMPLE, start=start)
-            lw.append(p.log_weight.double().numpy())
-            if observable is not None:
-                obs.append(observable(p.links).double().numpy())
-    return (np.concatenate(lw), time.perf_counter() - t0,
-            np.concatenate(obs) if obs else None)
+    return draw_trajectories(build_model(cfg), build_action(cfg), n, batch, seed=cfg.train.seed,
+                             start=start, observable=observable)
 
 
 # ------------------------------------------------------------------------------------ volume

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json  # noqa: E402
+from common import draw_trajectories, machine, print_table, write_json  # noqa: E402
 
 from hpcflow import build_action, build_model, load_config  # noqa: E402
 from hpcflow.app.chains import run_chain  # noqa: E402
 from hpcflow.app.context import RunContext  # noqa: E402
 from hpcflow.app.metrics import read_metrics  # noqa: E402
-from hpcflow.app.propose import StartEnsemble, propose  # noqa: E402
+from hpcflow.app.propose import StartEnsemble  # noqa: E402
 from hpcflow.app.train import Trainer  # noqa: E402
 from hpcflow.distributed import NoneComm  # noqa: E402
 from hpcflow.estimators import (  # noqa: E402
@@ -52,7 +52,6 @@ from hpcflow.estimators import (  # noqa: E402
     log_z_estimate,
     reweighted_mean,
 )
-from hpcflow.flows.prior import STREAM_SAMPLE  # noqa: E402
 from hpcflow.io.samples import open_samples  # noqa: E402
 from hpcflow.lattice.groups import get_group  # noqa: E402
 from hpcflow.lattice.observables import average_plaquette  # noqa: E402
@@ -65,16 +64,10 @@ def draw(cfg, model, n: int, batch: int) -> dict:
     start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
              if s.beta_start > 0 else None)
     group = get_group(cfg.lattice.group)
-    t0 = time.perf_counter()
-    lw, plaq = [], []
-    with torch.no_grad():
-        for lo in range(0, n, batch):
-            p = propose(model, action, range(lo, min(lo + batch, n)), seed=cfg.train.seed,
-                        stream=STREAM_SAMPLE, start=start)
-            lw.append(p.log_weight.double().cpu().numpy())
-            plaq.append(average_plaquette(p.links, group).double().cpu().numpy())
-    seconds = time.perf_counter() - t0
-    lw, plaq = np.concatenate(lw), reweighted_mean(np.concatenate(plaq), np.concatenate(lw))
+    lw, seconds, plaq = draw_trajectories(model, action, n, batch, seed=cfg.train.seed,
+                                          start=start,
+                                          observable=lambda u: average_plaquette(u, group))
+    plaq = reweighted_mean(plaq, lw)
     uniforms = np.random.default_rng(0).random(n)
     _, accepted, _, _ = independence_metropolis(lw, uniforms)
     lz = log_z_estimate(lw)

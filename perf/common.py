@@ -106,3 +106,25 @@ def write_json(path: str | Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def draw_trajectories(model, action, indices_n: int, batch: int, *, seed: int, start=None,
+                      observable=None):
+    """``indices_n`` proposals of the sampling stream in batches of ``batch`` (no gradients):
+    ``(log_weight [n] float64, seconds, observable(links) [n] or None)`` as numpy arrays."""
+    import numpy as np
+
+    from hpcflow.app.propose import propose
+    from hpcflow.flows.prior import STREAM_SAMPLE
+
+    t0 = time.perf_counter()
+    lw, obs = [], []
+    with torch.no_grad():
+        for lo in range(0, indices_n, batch):
+            p = propose(model, action, range(lo, min(lo + batch, indices_n)), seed=seed,
+                        stream=STREAM_SAMPLE, start=start)
+            lw.append(p.log_weight.double().cpu().numpy())
+            if observable is not None:
+                obs.append(observable(p.links).double().cpu().numpy())
+    return (np.concatenate(lw), time.perf_counter() - t0,
+            np.concatenate(obs) if obs else None)

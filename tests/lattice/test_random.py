@@ -178,9 +178,9 @@ def test_stream_keys_are_seed_sequence_hashes():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device: the same Philox numbers on CPU and GPU")
 def test_same_numbers_on_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     cpu = uniform(KEYS, (1, 2), (40_000,))
     gpu = uniform(KEYS.cuda(), (1, 2), (40_000,))
     assert torch.equal(cpu, gpu.cpu())
