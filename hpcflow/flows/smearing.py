@@ -47,7 +47,7 @@ def _structure(basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
-                 terms: int = 10) -> torch.Tensor:
+                 terms: int = 10, structure=None) -> torch.Tensor:
     """``log det J`` of ``U -> exp(-rho Pi(U A)) U`` at fixed ``A`` (module docstring).
 
     w: ``U A``, ``[..., Nc, Nc]``; rho: broadcastable to ``[...]``; basis: the algebra basis
@@ -55,13 +55,14 @@ def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
     ``terms``: the error is below ``|M|^terms / (terms + 1)!`` relative, about 1e-15 at the
     ``|M| ~ 0.3`` of trained layers but 2e-4 at the largest ``|M| ~ 2.5`` that ``rho_max``
     allows (``|rho| = rho_max`` and staples all aligned), where more terms are needed.
+    ``structure``: ``_structure(basis)``, computed once by the caller that calls often.
     """
     rho = torch.as_tensor(rho, dtype=w.real.dtype, device=w.device)
     n = basis.shape[0]
     if n == 1:  # U(1): M = 0
         d = (basis.conj()[0, 0, 0] * basis[0, 0, 0] * w[..., 0, 0]).real
         return torch.log1p(-rho * d)
-    f, prod = _structure(basis)
+    f, prod = _structure(basis) if structure is None else structure
     x = -rho[..., None] * torch.einsum("akl,...kl->...a", basis.conj(), project_algebra(w)).real
     m = torch.einsum("abc,...c->...ab", f, x)
     d = torch.einsum("abij,...ji->...ab", prod, w).real
@@ -92,6 +93,9 @@ class StoutSmearing(nn.Module):
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         self.register_buffer("basis", algebra_basis(group, dtype=complex_dtype),
                              persistent=False)
+        f, prod = _structure(self.basis) if group.nc > 1 else (None, None)
+        self.register_buffer("structure_f", f, persistent=False)
+        self.register_buffer("structure_prod", prod, persistent=False)
 
     def rho(self) -> torch.Tensor:
         """``rho = rho_max tanh(p)``: ``[Nd, 2]``."""
@@ -111,7 +115,8 @@ class StoutSmearing(nn.Module):
                 u = flat.index_select(1, rows)
                 w = g.mul(u, a)
                 r = rho[mu, parity]
-                logdet = logdet + stout_logdet(w, r, self.basis).sum(1)
+                logdet = logdet + stout_logdet(
+                    w, r, self.basis, structure=(self.structure_f, self.structure_prod)).sum(1)
                 new = g.mul(algebra_exp(-r * project_algebra(w), g), u)
                 flat = flat.index_copy(1, rows, new)
         return flat.view_as(links), logdet
