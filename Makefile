@@ -22,7 +22,9 @@ $(BIN)/.installed: setup.py Makefile
 install: $(BIN)/.installed
 
 # Horovod is an optional backend for users, but the test suite tests it for real: it is built
-# against the venv's torch and MPI (launch/install_horovod.sh; a few minutes, once per venv).
+# against the venv's torch and MPI (launch/install_horovod.sh; a few minutes the first time).
+# The built wheel is cached in ~/.cache/hpcflow/wheels/ (keyed by torch, Python and MPI), so a
+# re-created venv installs it in seconds; with horovod importable the script returns at once.
 horovod: install
 	bash launch/install_horovod.sh $(VENV)
 

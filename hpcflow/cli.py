@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/<config name>)")
     p.add_argument("--profile", action="store_true",
                    help="profile a few steps with torch.profiler instead of training")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, run one micro-batch forward and backward on the device, "
+                        "print parameters, memory per sample and per rank, time per step; "
+                        "write nothing")
+    p.add_argument("--ranks", type=int,
+                   help="--dry-run: plan for this many ranks (default: the ranks running)")
+    p.add_argument("--json", action="store_true", help="--dry-run: print the figures as JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw proposals (flow samples or annealing / stochastic-"
@@ -48,11 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="proposals per batch on each rank")
     p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
     p.add_argument("--complex64", action="store_true", help="store links in complex64")
+    _add_override_args(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="a sample file's Markov chain as ILDG or NERSC files")
+    p.add_argument("path", metavar="SAMPLES.h5", help="samples.h5, a shard, or a folder")
+    p.add_argument("--format", required=True, choices=("ildg", "nersc"), dest="fmt")
+    p.add_argument("-o", "--output", dest="out", required=True, metavar="DIR")
+    p.add_argument("--every", type=int, default=1,
+                   help="every k-th chain state (or stored configuration)")
+    p.add_argument("--single", action="store_true", help="32-bit floats (default 64-bit)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="ILDG or NERSC configurations into an hpcflow sample "
+                                      "file (to analyze, or to start a sampler from)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="one configuration per file")
+    p.add_argument("-o", "--output", dest="out", required=True, metavar="DIR")
+    p.add_argument("--beta", type=float, help="the coupling (required unless recorded)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("analyze", help="observables with errors, acceptance, ESS, log Z")
     p.add_argument("path", metavar="SAMPLES.h5", help="samples.h5, a shard, or a folder")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu",
+                   help="where to measure files without stored observables (format 1, 2)")
     p.set_defaults(func=cmd_analyze)
 
     for name, text in (("mcmc", "conventional reference chain (one per rank): heat bath "
@@ -65,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder")
         p.add_argument("--n", type=int, help="configurations in all (default: "
                                              "sample.n_samples)")
+        _add_run_args(p)
         if name == "mcmc":
             p.add_argument("--algorithm", choices=("heatbath", "hmc"), default="heatbath",
                            help="heatbath (with heatbath.overrelax over-relaxation sweeps; "
@@ -88,16 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--seed``: where and with which random streams a run draws."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu"),
+                   help="device of every rank (sets distributed.device)")
+    p.add_argument("--seed", type=int, help="seed of the random streams (sets train.seed)")
+
+
+def _add_set_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help=help_text)
+
+
+def _add_override_args(p: argparse.ArgumentParser) -> None:
+    _add_run_args(p)
+    _add_set_arg(p, "override a key of the run's configuration, e.g. --set sample.store=chain")
+
+
+def _overrides(args) -> list[str]:
+    """``--set`` values, then ``--device`` and ``--seed`` as the keys they set."""
+    out = list(getattr(args, "overrides", []))
+    if getattr(args, "device", None):
+        out.append(f"distributed.device={args.device}")
+    if getattr(args, "seed", None) is not None:
+        out.append(f"train.seed={args.seed}")
+    return out
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML configuration file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key with a YAML value, e.g. --set action.beta=3.0",
-    )
+    _add_set_arg(p, "override a config key with a YAML value, e.g. --set action.beta=3.0")
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -126,6 +173,8 @@ def cmd_train(args) -> int:
     from .app.train import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _train_dry_run(cfg, args)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     with run_context(cfg.distributed, "train", run_dir) as ctx:
         trainer = Trainer(cfg, ctx)
@@ -149,15 +198,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_dry_run(cfg, args) -> int:
+    """``hpcflow train CONFIG --dry-run``: :func:`hpcflow.app.train.dry_run` on every rank,
+    rank 0 prints."""
+    from .app.context import run_context
+    from .app.train import dry_run, format_dry_run
+
+    ranks = _positive(args.ranks, "--ranks") if args.ranks is not None else None
+    with run_context(cfg.distributed, "train") as ctx:
+        report = dry_run(cfg, ctx, ranks)
+        if ctx.is_root:
+            if args.json:
+                print(json.dumps(report))
+            else:
+                for line in format_dry_run(report):
+                    ctx.log.info(line)
+    return 0
+
+
 def cmd_sample(args) -> int:
     from .app.build import build_model, load_model
-    from .app.config import load_config
+    from .app.config import load_config, sampling_config
     from .app.context import run_context
     from .app.sample import run_sampling
 
     run_dir = Path(args.run_dir)
+    overrides = _overrides(args)
     if run_dir.is_file():  # a configuration: only a sampler without parameters needs none
-        cfg = load_config(run_dir)
+        cfg = load_config(run_dir, overrides)
         model = build_model(cfg)
         if any(True for _ in model.parameters()):
             raise HpcflowError(f"sampler.kind {cfg.sampler.kind} has parameters: train it "
@@ -168,7 +236,7 @@ def cmd_sample(args) -> int:
         raise InputFileError(run_dir, "no such run directory or configuration file")
     else:
         model = load_model(run_dir)
-        cfg = model.config
+        cfg = sampling_config(model.config, overrides)
     n = _positive(args.n if args.n is not None else cfg.sample.n_samples, "--n")
     batch = _positive(args.batch_size if args.batch_size is not None else cfg.sample.batch_size,
                       "--batch-size")
@@ -188,7 +256,7 @@ def cmd_analyze(args) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = analyze_file(args.path)
+        result = analyze_file(args.path, device=args.device)
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     if args.json:
         result["notes"] = notes
@@ -200,12 +268,33 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .app.convert import export_chain
+
+    try:
+        paths = export_chain(args.path, args.fmt, args.out,
+                             every=_positive(args.every, "--every"),
+                             precision="single" if args.single else "double")
+    except ValueError as exc:  # a group or lattice the format cannot hold
+        raise HpcflowError(f"{args.path}: {exc}") from None
+    print(f"{len(paths)} {args.fmt.upper()} files in {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .app.convert import import_configurations
+
+    path = import_configurations(args.files, args.out, beta=args.beta)
+    print(f"{len(args.files)} configurations in {path}")
+    return 0
+
+
 def cmd_mcmc(args) -> int:
     from .app.chains import run_chain
     from .app.config import check_updates, load_config
     from .app.context import run_context
 
-    cfg = load_config(args.config, args.overrides, model=False)
+    cfg = load_config(args.config, _overrides(args), model=False)
     if args.algorithm == "heatbath":
         check_updates(cfg, "hpcflow mcmc --algorithm heatbath")
     n = _positive(args.n if args.n is not None else cfg.sample.n_samples, "--n")

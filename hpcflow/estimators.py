@@ -13,8 +13,21 @@ Markov chains (autocorrelated data): the error of the mean is ``sigma = sqrt(2 t
 N. Madras and A. D. Sokal, J. Stat. Phys. 50 (1988) 109 ; U. Wolff, "Monte Carlo
 errors with less errors", Comput. Phys. Commun. 156 (2004) 143, hep-lat/0306017 (the same
 estimator, its error, and the correction for the bias that subtracting the sample mean causes).
+
 Binning and the block jackknife give the same errors without a model of the correlations and
 serve derived quantities (ratios, logs).
+
+Replicas: ``R`` independent chains ``x^r: [N_r]`` of the same process (one per MPI rank) are
+analyzed together (Wolff 2004, the Gamma method with replica; S. Schaefer, R. Sommer,
+F. Virotta, Nucl. Phys. B 845 (2011) 93): one mean over all ``N = sum_r N_r`` samples, and
+
+    Gamma(t)  = sum_r sum_{i=1}^{N_r-t} (x^r_i - xbar)(x^r_{i+t} - xbar) / sum_r (N_r - t)_+
+
+about that global mean (Wolff's ``N - R t`` for lags shorter than every replica); the window,
+the bias correction and the errors follow as above with ``n = N``. Wolff's check that the
+replicas sample one distribution: ``chi^2 = sum_r N_r (xbar_r - xbar)^2 / C`` with
+``C = 2 tau Gamma(0)``, ``R - 1`` degrees of freedom, ``Q = P(chi^2_{R-1} >= chi^2)``; a tiny
+``Q`` means chains stuck in different regions (too short, not thermalized, not ergodic).
 
 Importance sampling with weights ``w_i = exp(log_weight_i)`` (``log_weight = -S - log q``):
 
@@ -40,6 +53,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "ChainEstimate",
     "Estimate",
     "TauInt",
     "acceptance_rate",
@@ -55,6 +69,7 @@ __all__ = [
     "log_z_estimate",
     "logsumexp",
     "reweighted_mean",
+    "split_replicas",
 ]
 
 
@@ -101,6 +116,19 @@ class Estimate:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ChainEstimate(Estimate):
+    """:class:`Estimate` of a Markov-chain mean (:func:`chain_mean`), with what the Gamma method
+    found: ``tau_error`` (error of ``tau_int``), ``window`` (the summation window ``W``),
+    ``replicas`` (number of independent chains ``R``) and, for ``R >= 2``, ``q_value``: the
+    probability of replica means at least as far apart as observed (Wolff 2004's Q-value)."""
+
+    tau_error: float | None = None
+    window: int | None = None
+    replicas: int = 1
+    q_value: float | None = None
+
+
 class TauInt(NamedTuple):
     """Integrated autocorrelation time ``tau`` with its error and the summation window."""
 
@@ -117,14 +145,63 @@ def _series(x) -> np.ndarray:
     return x
 
 
-def _autocovariance(x: np.ndarray) -> np.ndarray:
-    """``Gamma(t)``, t = 0..n-1, by FFT (zero-padded: no wrap-around), normalized by ``n - t``."""
-    n = x.size
-    d = x - x.mean()
+def split_replicas(x, starts) -> list[np.ndarray]:
+    """Cut one series into its replicas: ``x: [n]``, ``starts: [R]`` the first row of each
+    (non-decreasing, ``starts[0] = 0``, e.g. ``SampleSet.chain_starts``). Returns the non-empty
+    pieces ``[N_r]`` as float64 (an empty chain, e.g. of a rank that wrote nothing, is left out).
+    """
+    x = _series(x)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    if starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) < 0) or starts[-1] > x.size:
+        raise ValueError(f"replica starts must be non-decreasing from 0 to at most {x.size}, "
+                         f"got {starts.tolist()}")
+    return [piece for piece in np.split(x, starts[1:]) if piece.size]
+
+
+def _is_series_list(x) -> bool:
+    """Whether ``x`` is a list (or tuple) of 1-D series rather than one series."""
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(np.ndim(e) == 1 for e in x)
+
+
+def _replica_list(x, replicas) -> list[np.ndarray]:
+    """The replicas ``[N_r]`` (float64, non-empty) of ``x``: one series ``[n]`` (one replica, or
+    cut at the rows ``replicas`` by :func:`split_replicas`) or a list of series."""
+    if replicas is not None:
+        return split_replicas(x, replicas)
+    if _is_series_list(x):
+        return [r for r in (_series(e) for e in x) if r.size]
+    x = _series(x)
+    return [x] if x.size else []
+
+
+def _lagged_products(d: np.ndarray) -> np.ndarray:
+    """``sum_{i=1}^{n-t} d_i d_{i+t}`` for t = 0..n-1 (``d: [n]``), by FFT (zero-padded: no
+    wrap-around)."""
+    n = d.size
     nfft = 1 << (2 * n - 1).bit_length()
     f = np.fft.rfft(d, nfft)
-    acov = np.fft.irfft(f * np.conj(f), nfft)[:n]
-    return acov / np.arange(n, 0, -1)
+    return np.fft.irfft(f * np.conj(f), nfft)[:n]
+
+
+def _replica_autocovariance(xs: list[np.ndarray]) -> np.ndarray:
+    """``Gamma(t)`` of replicas ``xs: R x [N_r]`` about their common mean, t = 0..max N_r - 1:
+    the lagged products summed over replicas, divided by ``sum_r max(N_r - t, 0)`` (Wolff
+    2004: ``N - R t``). A lag longer than a replica gets nothing from it, so the window may
+    exceed half the shortest replica (Wolff's UWerr stops there). One replica: ``1/(n - t)
+    sum_i (x_i - xbar)(x_{i+t} - xbar)``."""
+    mean = np.concatenate(xs).mean()
+    lags = max(x.size for x in xs)
+    total = np.zeros(lags)
+    norm = np.zeros(lags, dtype=np.int64)
+    for x in xs:
+        total[: x.size] += _lagged_products(x - mean)
+        norm[: x.size] += np.arange(x.size, 0, -1)
+    return total / norm
+
+
+def _autocovariance(x: np.ndarray) -> np.ndarray:
+    """``Gamma(t)`` of one series ``x: [n]``, t = 0..n-1, normalized by ``n - t``."""
+    return _replica_autocovariance([x])
 
 
 def autocorrelation(x, max_lag: int | None = None) -> np.ndarray:
@@ -146,23 +223,25 @@ def autocorrelation(x, max_lag: int | None = None) -> np.ndarray:
     return gamma / gamma[0]
 
 
-def _windowed(x: np.ndarray, c: float) -> tuple[float, float, int, float]:
-    """``(tau, d tau, W, C)`` with ``C = 2 tau Gamma(0)`` = n * variance of the mean, after the
-    window search and Wolff's correction of the mean-subtraction bias."""
-    n = x.size
-    gamma = _autocovariance(x)
+def _windowed(gamma: np.ndarray, n: int, c: float) -> tuple[float, float, int, float]:
+    """``(tau, d tau, W, C)`` from ``Gamma(t): [T]`` (t = 0..T-1) of ``n`` samples in all (one
+    series, or all replicas with ``T`` the longest), with ``C = 2 tau Gamma(0)`` = n * variance
+    of the mean, after the window search ``W <= T/2`` and Wolff's correction of the bias that
+    subtracting the sample mean causes."""
     if gamma[0] <= 0:  # constant series: no fluctuations, no error
         return 0.5, 0.0, 0, 0.0
-    w_max = max(1, n // 2)
+    w_max = max(1, gamma.size // 2)
     tau_w = 0.5 + np.cumsum(gamma[1 : w_max + 1]) / gamma[0]  # tau(W) for W = 1..w_max
     ok = np.flatnonzero(np.arange(1, tau_w.size + 1) >= c * tau_w)
     if ok.size:
         window = int(ok[0]) + 1
+    elif tau_w.size == 0:  # replicas of one sample each: independent, no lag to sum
+        window = 0
     else:
         window = tau_w.size
         warnings.warn(
-            f"series of {n} samples is too short to estimate tau_int (no window W <= n/2 with "
-            f"W >= {c} tau(W)); tau_int ~ {tau_w[-1]:.3g} is a lower bound",
+            f"series of {n} samples is too short to estimate tau_int (no window W <= {w_max} "
+            f"with W >= {c} tau(W)); tau_int ~ {tau_w[-1]:.3g} is a lower bound",
             RuntimeWarning, stacklevel=3,
         )
     g = gamma[: window + 1]
@@ -175,48 +254,72 @@ def _windowed(x: np.ndarray, c: float) -> tuple[float, float, int, float]:
     return float(tau), float(dtau), window, float(big_c)
 
 
-def integrated_autocorrelation_time(x, c: float = 5.0) -> TauInt:
+def _replica_q_value(xs: list[np.ndarray], mean: float, big_c: float) -> float | None:
+    """Wolff's replica check (2004; the Q-value of his UWerr): ``Q = P(chi^2_{R-1} >= chi^2)`` with
+    ``chi^2 = sum_r N_r (xbar_r - xbar)^2 / C``; ``None`` for one replica."""
+    if len(xs) < 2:
+        return None
+    chi2 = float(sum(x.size * (x.mean() - mean) ** 2 for x in xs))
+    if big_c <= 0:
+        return 1.0 if chi2 == 0 else 0.0
+    from scipy.special import gammaincc
+
+    return float(gammaincc(0.5 * (len(xs) - 1), 0.5 * chi2 / big_c))
+
+
+def integrated_autocorrelation_time(x, c: float = 5.0, replicas=None) -> TauInt:
     """``tau_int`` with automatic windowing: the smallest ``W`` with ``W >= c tau(W)``.
 
-    ``x: [n]``. ``tau(W) = 1/2 + sum_{t=1}^{W} rho(t)``; error ``tau sqrt(2 (2W+1)/n)``
-    (Madras & Sokal 1988). ``c`` between 4 and 10: larger is safer against slow modes, noisier.
-    Uncorrelated data give ``tau ~ 1/2``; AR(1) with coefficient ``r`` gives
-    ``(1 + r) / (2 (1 - r))``. Warns (RuntimeWarning) when no such window exists below ``n/2``.
-    Non-finite data give ``nan``.
+    ``x: [n]``, or replicas (a list of series ``[N_r]``, or ``x`` cut at the rows ``replicas``,
+    see :func:`split_replicas`). ``tau(W) = 1/2 + sum_{t=1}^{W} rho(t)``; error
+    ``tau sqrt(2 (2W+1)/N)`` (Madras & Sokal 1988), ``N`` all samples. ``c`` between 4 and 10:
+    larger is safer against slow modes, noisier. Uncorrelated data give ``tau ~ 1/2``; AR(1) with
+    coefficient ``r`` gives ``(1 + r) / (2 (1 - r))``. Warns (RuntimeWarning) when no such window
+    exists below half the longest replica. Non-finite data give ``nan``.
     """
-    x = _series(x)
-    if x.size < 2:
-        raise ValueError(f"need at least 2 samples, got {x.size}")
-    if not np.all(np.isfinite(x)):
+    xs = _replica_list(x, replicas)
+    n = sum(r.size for r in xs)
+    if n < 2:
+        raise ValueError(f"need at least 2 samples, got {n}")
+    if not all(np.all(np.isfinite(r)) for r in xs):
         return TauInt(math.nan, math.nan, 0)
-    tau, dtau, window, _ = _windowed(x, c)
+    tau, dtau, window, _ = _windowed(_replica_autocovariance(xs), n, c)
     return TauInt(tau, dtau, window)
 
 
-def chain_mean(x, c: float = 5.0) -> Estimate:
+def chain_mean(x, c: float = 5.0, replicas=None) -> ChainEstimate:
     """Mean of a Markov-chain series with the error ``sqrt(2 tau_int Gamma(0) / n)``.
 
-    ``x: [n]``. Anticorrelation (``tau_int < 1/2``) is not credited: the error is never below the
-    naive one for independent samples. Non-finite data give ``nan``.
+    ``x: [n]`` one chain; or replicas, independent chains of the same process: a list of series
+    ``[N_r]``, or ``x`` with ``replicas: [R]`` the row where each starts (``split_replicas``).
+    Replicas give the mean of all ``N`` samples and the Gamma method with replicas (Wolff
+    2004): ``Gamma(t)`` summed over them, ``n = N``, and ``q_value`` (module docstring). One
+    replica is exactly the single-series estimate. Anticorrelation (``tau_int < 1/2``) is not
+    credited: the error is never below the naive one for independent samples. Non-finite data
+    give ``nan``.
     """
-    x = _series(x)
-    n = x.size
+    xs = _replica_list(x, replicas)
+    n = sum(r.size for r in xs)
     if n == 0:
-        return Estimate(math.nan, math.nan, None, 0)
-    mean = float(x.mean())
-    if n < 2 or not np.all(np.isfinite(x)):
-        return Estimate(mean, math.nan, None, n)
-    tau, _, _, big_c = _windowed(x, c)
+        return ChainEstimate(math.nan, math.nan, None, 0, replicas=0)
+    mean = float(np.concatenate(xs).mean())
+    if n < 2 or not all(np.all(np.isfinite(r)) for r in xs):
+        return ChainEstimate(mean, math.nan, None, n, replicas=len(xs))
+    tau, dtau, window, big_c = _windowed(_replica_autocovariance(xs), n, c)
     if tau < 0.5:
         big_c *= 0.5 / tau
         tau = 0.5
-    return Estimate(mean, math.sqrt(big_c / n), tau, n)
+    return ChainEstimate(mean, math.sqrt(big_c / n), tau, n, tau_error=dtau, window=window,
+                         replicas=len(xs), q_value=_replica_q_value(xs, mean, big_c))
 
 
-def acceptance_rate(accepted) -> Estimate:
+def acceptance_rate(accepted, replicas=None) -> ChainEstimate:
     """Fraction of accepted proposals, with an error that accounts for the correlation of
-    consecutive accept/reject decisions. ``accepted: [n]`` bool."""
-    return chain_mean(np.asarray(accepted, dtype=np.float64).reshape(-1))
+    consecutive accept/reject decisions. ``accepted: [n]`` bool, or replicas as in
+    :func:`chain_mean` (a list of ``[N_r]``, or ``replicas`` the first row of each)."""
+    if not (_is_series_list(accepted) and replicas is None):
+        accepted = np.asarray(accepted, dtype=np.float64).reshape(-1)
+    return chain_mean(accepted, replicas=replicas)
 
 
 # ------------------------------------------------------------------------- binning, jackknife
@@ -277,7 +380,7 @@ def _auto_blocks(arrays: list[np.ndarray], c: float = 5.0, max_blocks: int = 100
         if n >= 2 and np.all(np.isfinite(s)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                tau = max(tau, _windowed(s, c)[0])
+                tau = max(tau, _windowed(_autocovariance(s), n, c)[0])
     n_blocks = min(max_blocks, n // math.ceil(20.0 * tau))
     if n_blocks < 10:
         warnings.warn(

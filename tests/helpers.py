@@ -81,3 +81,52 @@ def run_ctx(run_dir=None, comm=None, *, messages: list | None = None):
 
         ctx.log.addHandler(_Collect())
     return ctx
+
+
+def kill_two_ranks_at(cmd, out, delays, *, cwd=None) -> int:
+    """Start ``cmd`` (an ``mpiexec -n 2`` sampler writing shards into ``out``) once per delay,
+    kill -9 its whole process group that long after both shards exist; returns the kills."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    kills = 0
+    for delay in delays:
+        proc = subprocess.Popen(cmd, env=clean_env(), cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not all(
+                (Path(out) / f"shard-r0000{r}.h5").exists() for r in (0, 1)):
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
+            kills += 1
+        proc.wait(timeout=60)
+    return kills
+
+
+# ------------------------------------------------------------- autocorrelated test processes
+def ar1(rho, n, rng, size=()):
+    """Stationary AR(1) ``x_t = rho x_{t-1} + e_t``, unit innovations: mean 0, variance
+    ``1/(1 - rho^2)``, ``rho(t) = rho^|t|``, ``tau_int = (1 + rho) / (2 (1 - rho))``."""
+    e = rng.normal(size=(*size, n))
+    e[..., 0] /= math.sqrt(1.0 - rho**2)
+    from scipy.signal import lfilter
+
+    return lfilter([1.0], [1.0, -rho], e, axis=-1)
+
+
+def tau_true(rho):
+    return (1 + rho) / (2 * (1 - rho))
+
+
+def sigma_mean_replicas(rho, lengths):
+    """Exact error of the mean of all samples of independent stationary AR(1) chains of
+    ``lengths`` (unit innovations): ``Var(sum_{i<=m} x_i) = (m (1+rho)/(1-rho)
+    - 2 rho (1 - rho^m)/(1-rho)^2) / (1 - rho^2)`` for each."""
+    var_sums = sum((m * (1 + rho) / (1 - rho) - 2 * rho * (1 - rho**m) / (1 - rho) ** 2)
+                   / (1 - rho**2) for m in lengths)
+    return math.sqrt(var_sums) / sum(lengths)

@@ -1,4 +1,5 @@
-"""Estimators: tau_int of AR(1) processes, error coverage over many seeds, jackknife against the
+"""Estimators: tau_int of AR(1) processes, error coverage over many seeds, the Gamma method with
+replicas (unequal lengths, one replica = one series, the replica Q-value), jackknife against the
 delta method, ESS and log Z of known weights, stability with log weights of order 1e4."""
 
 import math
@@ -6,10 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.signal import lfilter
 
 from hpcflow.estimators import (
+    ChainEstimate,
     Estimate,
+    _replica_autocovariance,
     acceptance_rate,
     auto_binned_error,
     autocorrelation,
@@ -22,26 +24,21 @@ from hpcflow.estimators import (
     log_z_estimate,
     logsumexp,
     reweighted_mean,
+    split_replicas,
 )
+from tests.helpers import ar1, sigma_mean_replicas, tau_true
 
 N_SEEDS = 200
-
-
-def ar1(rho, n, rng, size=()):
-    """Stationary AR(1) ``x_t = rho x_{t-1} + e_t``, unit innovations: mean 0, variance
-    ``1/(1 - rho^2)``, ``rho(t) = rho^|t|``, ``tau_int = (1 + rho) / (2 (1 - rho))``."""
-    e = rng.normal(size=(*size, n))
-    e[..., 0] /= math.sqrt(1.0 - rho**2)
-    return lfilter([1.0], [1.0, -rho], e, axis=-1)
-
-
-def tau_true(rho):
-    return (1 + rho) / (2 * (1 - rho))
 
 
 def sigma_mean_true(rho, n):
     """Asymptotic error of the mean of an AR(1) chain of length n."""
     return math.sqrt(2 * tau_true(rho) / (1 - rho**2) / n)
+
+
+def ar1_replicas(rho, lengths, rng):
+    """Independent stationary AR(1) chains of the given lengths."""
+    return [ar1(rho, m, rng) for m in lengths]
 
 
 # ------------------------------------------------------------------------- autocorrelation
@@ -98,6 +95,139 @@ def test_chain_mean_errors_cover_the_true_mean(rho, n):
     mean_error = np.mean([e.error for e in est])
     assert mean_error == pytest.approx(sigma_mean_true(rho, n), rel=0.1)
     assert np.mean([e.tau_int for e in est]) == pytest.approx(tau_true(rho), rel=0.15)
+
+
+# ------------------------------------------------------------------------------ replicas
+def _chain_mean_before_replicas(x, c=5.0):
+    """``chain_mean`` as it was before replicas (one series), kept verbatim as the reference."""
+    n = x.size
+    mean = float(x.mean())
+    d = x - x.mean()
+    nfft = 1 << (2 * n - 1).bit_length()
+    f = np.fft.rfft(d, nfft)
+    gamma = np.fft.irfft(f * np.conj(f), nfft)[:n] / np.arange(n, 0, -1)
+    if gamma[0] <= 0:
+        return mean, 0.0, 0.5, n
+    w_max = max(1, n // 2)
+    tau_w = 0.5 + np.cumsum(gamma[1 : w_max + 1]) / gamma[0]
+    ok = np.flatnonzero(np.arange(1, tau_w.size + 1) >= c * tau_w)
+    window = int(ok[0]) + 1 if ok.size else tau_w.size
+    g = gamma[: window + 1]
+    big_c = g[0] + 2.0 * g[1:].sum()
+    g = g + big_c / n
+    big_c = g[0] + 2.0 * g[1:].sum()
+    tau = big_c / (2.0 * g[0])
+    if tau < 0.5:
+        big_c *= 0.5 / tau
+        tau = 0.5
+    return mean, math.sqrt(big_c / n), tau, n
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: ar1(0.9, 5000, rng),
+    lambda rng: rng.normal(size=777),
+    lambda rng: ar1(-0.5, 64, rng),  # anticorrelated: tau < 1/2 not credited
+    lambda rng: np.array([1.0, 2.0]),
+    lambda rng: np.full(10, 2.5),
+])
+def test_one_replica_is_exactly_the_single_series_estimate(make):
+    x = make(np.random.default_rng(17))
+    old = _chain_mean_before_replicas(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for e in (chain_mean(x), chain_mean([x]), chain_mean(x, replicas=[0]),
+                  chain_mean((x,)), chain_mean(x, replicas=[0, x.size])):
+            assert (e.value, e.error, e.tau_int, e.n) == old
+            assert e.replicas == 1 and e.q_value is None
+        assert integrated_autocorrelation_time([x]) == integrated_autocorrelation_time(x)
+
+
+def test_replica_autocovariance_is_the_direct_sum():
+    """``Gamma(t) = sum_r sum_i d^r_i d^r_{i+t} / sum_r (N_r - t)_+`` about the global mean."""
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=m) + 0.3 * r for r, m in enumerate((9, 5, 7))]
+    mean = np.concatenate(xs).mean()
+    direct = []
+    for t in range(9):
+        num = sum(float((x[: x.size - t] - mean) @ (x[t:] - mean)) for x in xs if x.size > t)
+        direct.append(num / sum(max(x.size - t, 0) for x in xs))
+    np.testing.assert_allclose(_replica_autocovariance(xs), direct, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("lengths", [(20000, 12000), (9000, 4000, 12000, 7000)])
+def test_replicas_of_ar1_give_tau_and_error_within_their_errors(lengths):
+    """Replicas of unequal length: tau_int within 3 of its stated errors of the exact one, the
+    error of the mean within 3 of its own errors (Wolff: ``sigma sqrt((W + 1/2)/N)``), the
+    mean within 4 sigma of 0, for each of several seeds."""
+    rho = 0.8
+    n = sum(lengths)
+    sigma = sigma_mean_replicas(rho, lengths)
+    for seed in range(6):
+        xs = ar1_replicas(rho, lengths, np.random.default_rng([len(lengths), seed]))
+        e = chain_mean(xs)
+        assert isinstance(e, ChainEstimate)
+        assert e.replicas == len(lengths) and e.n == n
+        assert e.value == pytest.approx(np.concatenate(xs).mean(), rel=1e-12)
+        assert abs(e.tau_int - tau_true(rho)) < 3 * e.tau_error
+        assert abs(e.error / sigma - 1) < 3 * math.sqrt((e.window + 0.5) / n)
+        assert abs(e.value) < 4 * e.error
+        assert integrated_autocorrelation_time(xs) == (e.tau_int, e.tau_error, e.window)
+
+
+def test_replica_errors_cover_the_true_mean():
+    """Over 200 sets of 4 unequal AR(1) replicas: |mean| < error about 68% of the time, the
+    mean error is the exact one, and the replica Q-values are uniform."""
+    rho, lengths = 0.8, (1200, 700, 1500, 900)
+    rng = np.random.default_rng(2025)
+    est = [chain_mean(ar1_replicas(rho, lengths, rng)) for _ in range(N_SEEDS)]
+    coverage = np.mean([abs(e.value) < e.error for e in est])
+    assert 0.6 <= coverage <= 0.8
+    mean_error = np.mean([e.error for e in est])
+    assert mean_error == pytest.approx(sigma_mean_replicas(rho, lengths), rel=0.1)
+    assert np.mean([e.tau_int for e in est]) == pytest.approx(tau_true(rho), rel=0.15)
+    q = np.array([e.q_value for e in est])
+    assert abs(q.mean() - 0.5) < 0.1  # uniform: mean 1/2, about 5% below 0.05
+    assert np.mean(q < 0.05) < 0.12
+
+
+def test_replicas_that_disagree_are_flagged():
+    """Two chains shifted by + 4 sigma of their own means and two by - 4: chi^2 ~ 64 + 3,
+    Q ~ 1e-13 (flagged); unshifted: Q not small."""
+    rho, lengths = 0.8, (4000, 4000, 4000, 4000)
+    xs = ar1_replicas(rho, lengths, np.random.default_rng(5))
+    good = chain_mean(xs)
+    shift = 4.0 * sigma_mean_replicas(rho, lengths[:1])
+    bad = chain_mean([xs[0] + shift, xs[1] + shift, xs[2] - shift, xs[3] - shift])
+    assert good.q_value > 0.01 and bad.q_value < 1e-6
+    assert bad.value == pytest.approx(good.value) and bad.error > good.error
+    # a single long series split into its pieces is fine as well
+    assert chain_mean(ar1(rho, 16000, np.random.default_rng(6)), replicas=[0, 4000]).q_value > 0.01
+
+
+def test_split_replicas_and_short_replicas():
+    x = np.arange(10.0)
+    pieces = split_replicas(x, [0, 3, 3, 10])  # the empty chain of a rank with no rows is dropped
+    assert [p.tolist() for p in pieces] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]]
+    for bad in ([1, 3], [0, 5, 4], [0, 11], []):
+        with pytest.raises(ValueError):
+            split_replicas(x, bad)
+    # replicas of one sample each are independent samples: tau 1/2
+    e = chain_mean([np.array([1.0]), np.array([2.0]), np.array([4.0])])
+    assert e.tau_int == 0.5 and e.n == 3 and e.replicas == 3 and e.error > 0
+    # a replica shorter than the window only adds to the lags it has
+    rng = np.random.default_rng(8)
+    e = chain_mean([ar1(0.8, 20000, rng), ar1(0.8, 10, rng)])
+    assert e.replicas == 2 and abs(e.tau_int - tau_true(0.8)) < 3 * e.tau_error
+    assert chain_mean([]).n == 0 and chain_mean([np.zeros(0)]).replicas == 0
+
+
+def test_acceptance_rate_of_replicas():
+    rng = np.random.default_rng(0)
+    chains = [rng.random(m) < 0.3 for m in (4000, 6000)]
+    e = acceptance_rate(chains)
+    assert e.value == pytest.approx(np.concatenate(chains).mean()) and e.replicas == 2
+    assert acceptance_rate(np.concatenate(chains), replicas=[0, 4000]) == e
+    assert acceptance_rate([True, False, True, True]).value == 0.75  # a list of flags: one chain
 
 
 def test_binned_errors_reach_the_true_error():

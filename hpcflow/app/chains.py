@@ -1,6 +1,7 @@
 """``hpcflow mcmc`` (and ``hpcflow hmc``): the conventional reference chains, one chain per rank,
 written in the sample-file format of the samplers (``log_q`` and ``log_weight`` NaN,
-``mcmc_state[i] = i``).
+``mcmc_state[i] = i``), every row measured, the configurations that ``sample.store`` keeps
+(``chain``: every ``thin``-th row).
 
 ``heatbath``: heat-bath sweeps with ``heatbath.overrelax`` over-relaxation sweeps each
 (:mod:`hpcflow.updates.heatbath`; the pure-gauge reference: it decorrelates faster than HMC);
@@ -24,12 +25,14 @@ import torch
 from ..flows.prior import haar_prior, sample_seed
 from ..io.atomic import atomic_path
 from ..io.samples import ShardWriter, write_master
+from ..lattice.observables import measured_names
 from ..lattice.random import stream_keys
 from ..updates.heatbath import update_sweep
 from ..updates.hmc import HMC
 from .build import build_action
 from .context import RunContext
-from .sample import sample_header
+from .sample import measure_numpy, sample_header, store_plan
+from .store import prepare_store, stored_rows
 
 __all__ = ["ALGORITHMS", "STREAM_HEATBATH", "STREAM_HMC", "run_chain"]
 
@@ -112,11 +115,14 @@ def run_chain(cfg, algorithm: str, out_dir: str | Path, ctx: RunContext, *, n_to
     section = cfg.heatbath if algorithm == "heatbath" else cfg.hmc
     chain = (_Heatbath if algorithm == "heatbath" else _HMC)(cfg, comm.rank, comm.device)
     action = build_action(cfg)
+    names = measured_names(action.group, len(cfg.lattice.shape))
+    plan = store_plan(cfg, n_total, "complex128", len(names))
+    header = sample_header(cfg, -1, algorithm, plan=plan, observables=names)
     n_mine = len(ctx.share(n_total))
+    prepare_store(plan, ctx, out_dir, n_total)
     t0 = time.perf_counter()
     state_file = out_dir / f"{algorithm}-state-r{comm.rank:05d}.pt"
-    with ShardWriter(out_dir, sample_header(cfg, -1, algorithm), rank=comm.rank,
-                     world_size=comm.size) as writer:
+    with ShardWriter(out_dir, header, rank=comm.rank, world_size=comm.size) as writer:
         done = writer.n_written
         if state_file.exists():
             saved = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -138,10 +144,13 @@ def run_chain(cfg, algorithm: str, out_dir: str | Path, ctx: RunContext, *, n_to
                 rows["accepted"].append(acc)
             k = len(rows["links"])
             nan = np.full(k, np.nan)
-            writer.append({"links": torch.stack(rows["links"]), "log_q": nan,
-                           "action": np.array(rows["action"]), "log_weight": nan,
+            links = torch.stack(rows["links"])
+            keep = stored_rows(done, k, plan.store, plan.thin)
+            writer.append({"links": links[torch.from_numpy(keep - done)], "links_row": keep,
+                           "log_q": nan, "action": np.array(rows["action"]), "log_weight": nan,
                            "mcmc_state": np.arange(done, done + k, dtype=np.int64),
-                           "accepted": np.array(rows["accepted"])})
+                           "accepted": np.array(rows["accepted"]),
+                           "observables": measure_numpy(links, action.group)})
             done = writer.n_written
             with atomic_path(state_file) as tmp:
                 torch.save({"chain": chain.state_dict(), "rows": done}, tmp)

@@ -46,6 +46,7 @@ __all__ = [
     "apply_overrides",
     "check_resumable",
     "config_reference",
+    "sampling_config",
     "mask_schedule",
 ]
 
@@ -272,16 +273,30 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """``sample``: drawing ensembles from a trained flow."""
+    """``sample``: drawing and storing ensembles (``hpcflow sample``, the reference chains)."""
 
     n_samples: int = 4096
     """Default N for ``hpcflow sample``."""
     batch_size: int = 256
     """Proposals drawn per batch on each rank."""
+    store: Literal["auto", "all", "chain", "none"] = "auto"
+    """Configurations written by ``hpcflow sample`` and the reference chains (the observables
+    of every proposal are always stored): ``all`` proposals; ``chain``: the Markov chain's
+    state after every ``thin``-th step; ``none``; ``auto``: ``all`` when every proposal's links
+    fit in ``max_store_gb``, else ``chain`` with ``thin`` raised until they fit."""
+    thin: int = 10
+    """Steps of the Markov chain per stored configuration with ``store: chain``."""
+    max_store_gb: float = 2.0
+    """Budget in GB (1e9 bytes), all ranks together, for the configurations of ``store:
+    auto``."""
 
     def check(self, key: str) -> None:
         _positive(self.n_samples, f"{key}.n_samples")
         _positive(self.batch_size, f"{key}.batch_size")
+        _positive(self.thin, f"{key}.thin")
+        if not self.max_store_gb > 0:
+            raise ConfigError(f"{key}.max_store_gb", f"expected a positive number, got "
+                              f"{self.max_store_gb}")
 
 
 @dataclass
@@ -583,6 +598,28 @@ def _resolve_model(cfg: Config) -> None:
         except MaskError as exc:
             raise ConfigError("lattice.shape", f"{exc}: set model.masks") from None
     m.masks = mask_schedule(cfg).patterns
+
+
+FIXED_WHEN_SAMPLING = ("lattice", "action", "model", "sampler")
+"""Sections a trained run's sampling may not override (its model was trained for them);
+``sampler.start``, the file of a starting ensemble, is the exception."""
+
+
+def sampling_config(trained: Config, overrides) -> Config:
+    """The configuration ``hpcflow sample RUN_DIR`` draws with: the run's, with ``overrides``
+    (``--set``, ``--device``, ``--seed``) applied to what sampling may change (``sample``,
+    ``distributed``, ``train.seed``, ``sampler.start``, ...). A run trained on another
+    machine (``distributed.device: xpu``) samples here with ``--device cpu``."""
+    if not overrides:
+        return trained
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section = key.split(".", 1)[0]
+        if section in FIXED_WHEN_SAMPLING and key != "sampler.start":
+            raise ConfigError(key, "fixed by the trained model: sampling cannot change the "
+                              f"{section} section (train a new run instead)")
+    data = apply_overrides(trained.to_dict(), overrides)
+    return config_from_dict(data)
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config, where: str) -> None:

@@ -8,7 +8,9 @@ the few rules that every command follows the same way:
   chains). Every item draws its random numbers from its own stream, so results do not depend on
   ``R``; :meth:`RunContext.gather` puts per-rank results back into global index order;
 - **logging** (:mod:`logging`): every rank writes ``RUN_DIR/logs/rank-NNNNN.log`` with
-  timestamps (when the command has a run directory); rank 0 also writes to the terminal;
+  timestamps (when the command has a run directory); rank 0 also writes to the terminal; the
+  error that ends a rank also goes to rank 0's log and, if it is the job's first, to
+  ``RUN_DIR/logs/first-error.log`` (:meth:`RunContext.report_error`);
 - **progress** (:meth:`RunContext.progress`): a bar on an interactive terminal, periodic log
   lines otherwise, rank 0 only;
 - **rank 0 writes, everyone waits** (:meth:`RunContext.on_root`), with the one atomic writer of
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +78,29 @@ class RunContext:
             f"%(asctime)s rank {self.comm.rank}/{self.comm.size} {self.command} "
             f"%(levelname)s %(message)s"))
         self.log.addHandler(handler)
+
+    def report_error(self, message: str, exc_info=None) -> None:
+        """Make this rank's failure findable from anywhere: it goes to this rank's log (with the
+        traceback ``exc_info``), into ``logs/first-error.log`` if no rank wrote one yet (the
+        first error of the job, whichever rank), and, from another rank, into rank 0's log:
+        the rank that hangs or fails at 768 ranks is named where one looks first."""
+        for handler in self.log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(self.log.makeRecord(self.log.name, logging.ERROR, "", 0,
+                                                   message, None, exc_info))
+        if self.run_dir is None:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        line = f"{stamp} rank {self.rank}/{self.size} {self.command} ERROR {message}\n"
+        logs = self.run_dir / "logs"
+        with contextlib.suppress(OSError):
+            fd = os.open(logs / "first-error.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(line)
+        if self.rank != 0:
+            with contextlib.suppress(OSError), open(logs / "rank-00000.log", "a") as f:
+                f.write(f"{stamp} rank 0/{self.size} {self.command} ERROR from rank "
+                        f"{self.rank}: {message}\n")
 
     def close(self) -> None:
         for handler in list(self.log.handlers):
@@ -195,18 +221,14 @@ def run_context(distributed, command: str, run_dir: str | Path | None = None
     try:
         yield ctx
     except HpcflowError as exc:
-        for handler in ctx.log.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(ctx.log.makeRecord(ctx.log.name, logging.ERROR, "", 0,
-                                                  str(exc), None, None))
+        ctx.report_error(str(exc))
         if comm.size > 1:
             abort_all(comm, f"hpcflow {command}: error: {exc}", exc.exit_code)
         raise
-    except BaseException:
-        for handler in ctx.log.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(ctx.log.makeRecord(ctx.log.name, logging.ERROR, "", 0,
-                                                  "uncaught exception", None, sys.exc_info()))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        ctx.report_error(f"uncaught exception: {type(exc).__name__}: {exc}", sys.exc_info())
         raise
     finally:
         ctx.close()

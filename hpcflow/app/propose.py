@@ -42,7 +42,8 @@ class Proposals:
 
 class StartEnsemble:
     """Equilibrium configurations that non-equilibrium trajectories start from: the Markov-chain
-    states of a samples file (reference chain or flow samples) at ``beta``, read lazily."""
+    states of a samples file (reference chain or flow samples; the stored configurations of one
+    that keeps only its thinned chain) at ``beta``, read lazily."""
 
     def __init__(self, path: str | Path, group: str, shape, beta: float):
         self.path = Path(path)
@@ -54,7 +55,10 @@ class StartEnsemble:
             if not np.isclose(a["beta"], beta, rtol=1e-12, atol=0):
                 raise InputFileError(self.path, f"is an ensemble at beta = {a['beta']}, "
                                      f"sampler.beta_start is {beta}")
-            self.states = np.asarray(s.mcmc_state)
+            # positions in ``links`` of the ensemble: the chain's states, or (a file that
+            # stores only the thinned chain) every stored configuration
+            self.states = (np.asarray(s.mcmc_state) if s.store == "all" and s.m == s.n
+                           else np.arange(s.m))
         if len(self.states) == 0:
             raise InputFileError(self.path, "holds no configurations")
 

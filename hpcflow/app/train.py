@@ -21,6 +21,7 @@ checkpoints with automatic resume, signals and wall time, plots at the end.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -42,9 +43,24 @@ from .optim import build_optimizer, set_lr
 from .plots import plot_training
 from .propose import StartEnsemble, propose
 
-__all__ = ["Trainer", "TrainResult", "model_seed"]
+__all__ = ["Trainer", "TrainResult", "job_elapsed", "model_seed"]
 
 _STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+JOB_START_ENV = "HPCFLOW_JOB_START"
+"""Environment variable with the job's start (Unix epoch seconds, set by the batch scripts of
+launch/): ``train.walltime`` then counts from the job's start, not from the trainer's."""
+_WALLTIME_FLAG = 1000.0  # above every signal number: the allreduced stop flag of "walltime"
+
+
+def job_elapsed(environ=None, now: float | None = None) -> float:
+    """Seconds since ``$HPCFLOW_JOB_START`` (0 when unset, unreadable or in the future)."""
+    environ = os.environ if environ is None else environ
+    try:
+        start = float(environ.get(JOB_START_ENV, ""))
+    except ValueError:
+        return 0.0
+    elapsed = (time.time() if now is None else now) - start
+    return elapsed if math.isfinite(elapsed) and elapsed > 0 else 0.0
 
 
 def _max_abs(x: np.ndarray) -> float:
@@ -102,6 +118,7 @@ class Trainer:
         self.max_step_time = 0.0
         self.ckpt_time = 0.0
         self._signal = 0
+        self._stop_reason = ""
         self._last: dict = {}
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self._resume()
@@ -208,7 +225,8 @@ class Trainer:
             return TrainResult(step=self.step, reason="done", last={})
         last_step = tc.steps if until is None else min(until, tc.steps)
         t_start = time.perf_counter()
-        walltime = tc.walltime_seconds()
+        # the job's start-up (modules, imports, model build) counts against its walltime
+        walltime = tc.walltime_seconds() - job_elapsed()
         previous = self._install_signal_handlers()
         progress = self.ctx.progress(tc.steps, initial=self.step, desc="train", unit="step")
         reason = "done"
@@ -238,12 +256,8 @@ class Trainer:
                         self.tensorboard.write(rec)
                 progress.update(1, line=_progress_line(rec, tc.steps), force="eval_ess" in rec,
                                 loss=f"{rec['loss']:.3f}", ess=f"{rec['ess']:.3f}")
-                margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
-                stop = comm.allreduce_max(float(max(self._signal, 0)))
-                over = now + margin > walltime
-                if stop or over:
-                    reason = (f"signal {signal.Signals(int(stop)).name}" if stop
-                              else "walltime")
+                if self._should_stop(now, walltime):
+                    reason = self._stop_reason
                     break
                 if self.step % tc.checkpoint_every == 0 and self.step < last_step:
                     self.checkpoint()
@@ -265,6 +279,19 @@ class Trainer:
                 self.ctx.log.info("training.png not drawn: matplotlib is missing "
                                   "(pip install 'hpcflow[plot]')")
         return TrainResult(step=self.step, reason=reason, last=self._last)
+
+    def _should_stop(self, now: float, walltime: float) -> bool:
+        """Whether any rank got a stop signal or is about to run out of wall time; one
+        collective, so that every rank takes the same decision (their clocks and step times
+        differ a little, and only rank 0 knows the checkpoint time)."""
+        margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
+        flag = _WALLTIME_FLAG if now + margin > walltime else 0.0
+        flag = self.comm.allreduce_max(max(flag, float(max(self._signal, 0))))
+        if flag >= _WALLTIME_FLAG:
+            self._stop_reason = "walltime"
+        elif flag > 0:
+            self._stop_reason = f"signal {signal.Signals(int(flag)).name}"
+        return flag > 0
 
     def checkpoint(self) -> Path | None:
         """Rank 0 writes the full training state; all ranks wait for it."""
@@ -318,3 +345,156 @@ def _progress_line(rec: dict, total: int) -> str:
 def _log_mean_exp(log_w: np.ndarray) -> float:
     """``log mean w`` from ``log w``: the batch estimate of ``log Z``."""
     return logsumexp(log_w) - math.log(len(log_w))
+
+
+# ---------------------------------------------------------------------------------- dry run
+class MemoryProbe:
+    """Memory of this process on ``device``: bytes allocated by torch on a GPU (CUDA, XPU),
+    the resident set size (``/proc/self/status``) on the CPU. ``reset_peak`` starts a new
+    peak (on Linux by writing 5 to ``/proc/self/clear_refs``, which resets ``VmHWM``)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.accel = getattr(torch, self.device.type, None) if self.device.type != "cpu" else None
+
+    @staticmethod
+    def _status_kb(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"{field} missing from /proc/self/status")
+
+    def current(self) -> int:
+        if self.accel is not None:
+            self.accel.synchronize(self.device)
+            return int(self.accel.memory_allocated(self.device))
+        return self._status_kb("VmRSS")
+
+    def reset_peak(self) -> None:
+        if self.accel is not None:
+            self.accel.synchronize(self.device)
+            self.accel.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:  # old kernel or not Linux: the peak stays the process's lifetime peak
+            pass
+
+    def peak(self) -> int:
+        if self.accel is not None:
+            self.accel.synchronize(self.device)
+            return int(self.accel.max_memory_allocated(self.device))
+        return self._status_kb("VmHWM")
+
+
+def _measure(probe: MemoryProbe, fn) -> tuple[float, int]:
+    """(seconds, peak bytes above the memory before) of ``fn()``."""
+    import gc
+
+    gc.collect()
+    before = probe.current()
+    probe.reset_peak()
+    t0 = time.perf_counter()
+    fn()
+    if probe.accel is not None:
+        probe.accel.synchronize(probe.device)
+    seconds = time.perf_counter() - t0
+    return seconds, max(probe.peak() - before, 0)
+
+
+def dry_run(cfg, ctx: RunContext, ranks: int | None = None) -> dict:
+    """Validate ``cfg`` for ``ranks`` ranks (default: the ranks running), build the model on
+    this rank's device, run one training micro-batch forward and backward (after one warm-up
+    sample and optimizer step, so that gradients and optimizer state exist as in training),
+    and one evaluation forward; return the figures that :func:`format_dry_run` prints.
+
+    Memory per rank = ``base`` (runtime, model, gradients, optimizer state) + the larger of
+    the training peak (``per_sample`` x micro-batch) and the evaluation peak; seconds per step
+    = micro-batch time x micro-batches per step (communication and evaluation not included).
+    Nothing is written."""
+    tc = cfg.train
+    ranks = ranks or ctx.size
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(tc, key) % ranks and (key == "batch_size" or tc.eval_every):
+            raise ConfigError(f"train.{key}", f"the global batch {getattr(tc, key)} does not "
+                              f"split evenly over {ranks} ranks")
+    local = tc.batch_size // ranks
+    micro = min(tc.micro_batch_size or local, local)
+    eval_local = tc.eval_batch_size // ranks if tc.eval_every else 0
+    eval_micro = min(tc.micro_batch_size or eval_local, eval_local)
+    device = ctx.device
+    probe = MemoryProbe(device)
+    torch.manual_seed(model_seed(tc.seed))
+    model = build_model(cfg).to(device)
+    model.recompute = tc.recompute_layers
+    params = [p for p in model.parameters() if p.requires_grad]
+    report = {"config": cfg.lattice.group + " " + "x".join(map(str, cfg.lattice.shape)),
+              "device": str(device), "parameters": sum(p.numel() for p in params),
+              "global_batch": tc.batch_size, "ranks": ranks, "local_batch": local,
+              "micro_batch": micro, "micro_batches_per_step": -(-local // micro),
+              "eval_micro_batch": eval_micro}
+    if not params:
+        raise HpcflowError(f"sampler.kind {cfg.sampler.kind} has no parameters: nothing to "
+                           f"train (and nothing to estimate)")
+    action = build_action(cfg)
+    s = cfg.sampler
+    start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
+             if s.kind != "flow" and s.beta_start > 0 else None)
+    optimizer = build_optimizer(params, tc)
+    path = tc.gradient == "path"
+
+    def train_pass(indices):
+        p = propose(model, action, indices, seed=tc.seed, stream=STREAM_TRAIN, step=0,
+                    train=True, path=path, start=start)
+        (p.objective.sum() / len(indices)).backward()
+
+    def warm_up():
+        optimizer.zero_grad(set_to_none=False)
+        train_pass(range(1))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    def eval_pass(n):
+        with torch.no_grad():
+            propose(model, action, range(n), seed=tc.seed, stream=STREAM_EVAL, step=0,
+                    start=start)
+
+    report["warmup_s"], _ = _measure(probe, warm_up)
+    report["base_bytes"] = probe.current()
+    seconds, peak = _measure(probe, lambda: train_pass(range(micro)))
+    report["micro_batch_s"] = seconds
+    report["per_sample_bytes"] = peak / micro
+    eval_peak = 0.0
+    if eval_micro:
+        n = min(eval_micro, 2)
+        _, eval_peak_n = _measure(probe, lambda: eval_pass(n))
+        report["eval_per_sample_bytes"] = eval_peak_n / n
+        eval_peak = eval_peak_n / n * eval_micro
+    report["per_rank_bytes"] = report["base_bytes"] + max(peak, eval_peak)
+    report["step_s"] = seconds * report["micro_batches_per_step"]
+    report["steps_per_hour"] = 3600.0 / report["step_s"] if report["step_s"] > 0 else math.inf
+    return report
+
+
+def format_dry_run(r: dict) -> list[str]:
+    """The lines ``hpcflow train --dry-run`` prints for a :func:`dry_run` report."""
+    gb = 1e9
+    lines = [
+        f"dry run: {r['config']}, device {r['device']}, {r['parameters']} parameters",
+        f"global batch {r['global_batch']} = {r['ranks']} rank(s) x {r['local_batch']} "
+        f"samples, in {r['micro_batches_per_step']} micro-batch(es) of {r['micro_batch']}",
+        f"memory: {r['per_sample_bytes'] / gb:.3f} GB per training sample; base "
+        f"{r['base_bytes'] / gb:.3f} GB (runtime, model, gradients, optimizer state)",
+    ]
+    if r.get("eval_per_sample_bytes") is not None:
+        lines.append(f"evaluation: {r['eval_per_sample_bytes'] / gb:.3f} GB per sample, "
+                     f"micro-batch {r['eval_micro_batch']}")
+    lines += [
+        f"peak memory per rank (estimate): {r['per_rank_bytes'] / gb:.2f} GB",
+        f"time: {r['micro_batch_s']:.3f} s per micro-batch, {r['step_s']:.3f} s per step, "
+        f"{r['steps_per_hour']:.0f} steps per hour (communication and evaluation not "
+        f"included)",
+    ]
+    return lines

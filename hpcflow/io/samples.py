@@ -1,36 +1,45 @@
-"""HDF5 sample files, format_version 2; version 1 files are read too (docs/file-format.md).
+"""HDF5 sample files, format_version 3; versions 1 and 2 are read too (docs/file-format.md).
 
 PyPI's h5py has no MPI driver, so every rank writes its own file ``DIR/shard-r{rank:05d}.h5`` and
 rank 0 then writes ``DIR/samples.h5``, whose datasets are HDF5 *virtual* datasets that join the
 shards through relative file names: the folder can be moved or copied as a unit.
 
-One shard holds, for ``n`` proposals in the order drawn::
+One shard holds, for ``n`` proposals in the order drawn, and ``m`` stored configurations::
 
-    links       [n, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]  complex128 (or complex64)
+    links       [m, Nd, L_0, ..., L_{Nd-1}, Nc, Nc]  complex128 (or complex64)
+    links_row   [m]  int64     the row (proposal) whose configuration ``links[j]`` is
+    obs/<name>  [n]  float64   observables of proposal i, measured when it was drawn
     log_q       [n]  float64   model log density (normalized Haar measure); NaN where there is
                                none (Markov chains, non-equilibrium trajectories)
     action      [n]  float64   S(U)
     log_weight  [n]  float64   -S - log_q for a flow; -W (the work) for a trajectory; NaN for
                                a Markov chain
-    mcmc_state  [n]  int64     index into this file's links of the chain state after step i
+    mcmc_state  [n]  int64     the row of the chain state after step i
     accepted    [n]  bool      whether proposal i was accepted
 
 and the root attributes of :data:`HEADER_ATTRS` plus ``format``, ``format_version``, ``rank``,
-``world_size``, ``hpcflow_version`` and ``n_written``. Version 2 added ``sampler`` (``flow``,
-``annealing``, ``snf``, ``hmc``, ``heatbath``) and ``log_z_start`` (log Z of the start of the
-trajectories, 0 from Haar, NaN when unknown); a version 1 file reads with ``sampler`` inferred
-from ``log_q`` (``flow`` if finite, else ``hmc``) and ``log_z_start = 0``.
+``world_size``, ``hpcflow_version``, ``n_written``, ``links_written`` (``m``), ``store`` and
+``thin``. Which configurations are stored is the store policy: ``all`` (``links_row = 0..n-1``),
+``chain`` (the Markov chain's state after every ``thin``-th step: ``links_row[j] =
+mcmc_state[(j + 1) thin - 1]``, repeated when the chain stays) or ``none`` (``m = 0``); the
+observables of every proposal are stored in all three. Version 3 added ``links_row``, ``obs``
+and those attributes (a version 1 or 2 file stores all, with no observables). Version 2 added
+``sampler`` (``flow``, ``annealing``, ``snf``, ``hmc``, ``heatbath``) and ``log_z_start`` (log Z
+of the start of the trajectories, 0 from Haar, NaN when unknown); a version 1 file reads with
+``sampler`` inferred from ``log_q`` (``flow`` if finite, else ``hmc``) and ``log_z_start = 0``.
 
-Crash safety. Rows are written and flushed first; only then is ``n_written`` raised and flushed
-again. A file cut short by a crash therefore opens, and its first ``n_written`` rows are complete;
-rows past ``n_written`` are ignored by readers and cut off when the writer reopens the shard.
+Crash safety. Rows are written and flushed first; only then are ``n_written`` and
+``links_written`` raised and flushed again. A file cut short by a crash therefore opens, and its
+first ``n_written`` rows are complete; rows past ``n_written`` are ignored by readers and cut off
+when the writer reopens the shard.
 
 Missing shards. A virtual dataset whose source file is missing reads back as fill values without
 any error, so ``samples.h5`` records each shard's file name and row count (datasets
 ``shard_files``, ``shard_n_written``, ``shard_offset``) and :func:`open_samples` checks them.
 
 In ``samples.h5`` the ``mcmc_state`` dataset is an ordinary dataset, not a virtual one: its
-indices are shifted by each shard's offset so that they index the joined ``links``. Each shard
+indices (and those of ``links_row``) are shifted by each shard's offset so that they index
+the joined rows. Each shard
 carries its own chain, so the joined chain restarts at every ``shard_offset``.
 """
 
@@ -66,8 +75,8 @@ __all__ = [
 ]
 
 FORMAT = "hpcflow-samples"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MASTER_NAME = "samples.h5"
 
 # Per-row datasets besides ``links``, with their on-disk types.
@@ -79,6 +88,8 @@ ROW_DATASETS: dict[str, np.dtype] = {
     "accepted": np.dtype(np.bool_),
 }
 DATASETS = ("links", *ROW_DATASETS)
+STORE_POLICIES = ("all", "chain", "none")
+OBS_GROUP = "obs"
 
 # Attributes that describe the run; every shard of one sample set has the same values.
 HEADER_ATTRS = ("group", "nc", "lattice_shape", "beta", "config", "seed", "checkpoint_step",
@@ -86,13 +97,13 @@ HEADER_ATTRS = ("group", "nc", "lattice_shape", "beta", "config", "seed", "check
 # Attributes that must agree before a shard may be resumed or joined (``config`` is only
 # recorded: a resumed run may legitimately pass other command-line values).
 _MUST_MATCH = ("group", "nc", "lattice_shape", "beta", "seed", "checkpoint_step", "world_size",
-               "sampler")
+               "sampler", "store", "thin", "observables")
 _REQUIRED_ATTRS = (
     "format", "format_version", *HEADER_ATTRS, "rank", "world_size", "hpcflow_version",
-    "n_written",
+    "n_written", "links_written", "store", "thin", "observables",
 )
-_ADDED_IN_2 = ("sampler", "log_z_start")
-SAMPLERS = ("flow", "annealing", "snf", "hmc", "heatbath")
+_ADDED_IN_3 = ("links_written", "store", "thin", "observables")
+SAMPLERS = ("flow", "annealing", "snf", "hmc", "heatbath", "imported")
 _LINK_DTYPES = ("complex128", "complex64")
 
 
@@ -109,7 +120,8 @@ class SampleHeader:
     model that proposed the samples (-1 for output without a model, e.g. a reference chain);
     ``sampler``: what drew them (:data:`SAMPLERS`); ``log_z_start``: log Z of the start of
     non-equilibrium trajectories (0: Haar; NaN: unknown, log Z estimates are then relative);
-    ``nc`` follows from ``group``.
+    ``store``, ``thin``: the store policy (module docstring); ``observables``: the names of the
+    ``obs/<name>`` datasets; ``nc`` follows from ``group``.
     """
 
     group: str
@@ -120,6 +132,9 @@ class SampleHeader:
     checkpoint_step: int = 0
     sampler: str = "flow"
     log_z_start: float = 0.0
+    store: str = "all"
+    thin: int = 1
+    observables: tuple[str, ...] = ()
     nc: int = field(init=False)
 
     def __post_init__(self):
@@ -129,6 +144,12 @@ class SampleHeader:
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "checkpoint_step", int(self.checkpoint_step))
         object.__setattr__(self, "log_z_start", float(self.log_z_start))
+        object.__setattr__(self, "thin", int(self.thin))
+        object.__setattr__(self, "observables", tuple(str(x) for x in self.observables))
+        if self.store not in STORE_POLICIES:
+            raise ValueError(f"store must be one of {STORE_POLICIES}, got {self.store!r}")
+        if self.thin < 1:
+            raise ValueError(f"thin must be >= 1, got {self.thin}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 
@@ -190,6 +211,13 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     if version == 1:
         attrs.setdefault("log_z_start", 0.0)
         attrs.setdefault("sampler", "")  # inferred from log_q by SampleSet
+    if version in (1, 2):  # every proposal's links, no observables
+        attrs.setdefault("links_written", attrs.get("n_written"))
+        attrs.setdefault("store", "all")
+        attrs.setdefault("thin", 1)
+        attrs.setdefault("observables", ())
+    if isinstance(attrs.get("observables"), str):  # stored comma-separated
+        attrs["observables"] = tuple(x for x in attrs["observables"].split(",") if x)
     missing = [k for k in _REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise InputFileError(path, f"root attribute(s) missing: {', '.join(missing)}")
@@ -199,9 +227,22 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
 
 
 def _check_datasets(f: h5py.File, path: Path, n: int, attrs: Mapping[str, Any]) -> None:
-    """Every dataset exists, has the layout of the header and at least ``n`` rows."""
-    if not isinstance(n, int) or n < 0:
-        raise InputFileError(path, f"attribute 'n_written' is {n!r}, expected an integer >= 0")
+    """Every dataset exists, has the layout of the header and at least ``n`` rows (``links``
+    and ``links_row``: ``links_written``)."""
+    m = attrs["links_written"]
+    for key, value in (("n_written", n), ("links_written", m)):
+        if not isinstance(value, int) or value < 0:
+            raise InputFileError(path, f"attribute '{key}' is {value!r}, expected an integer "
+                                       ">= 0")
+    if attrs["format_version"] >= 3:
+        if "links_row" not in f or f["links_row"].ndim != 1 or f["links_row"].shape[0] < m:
+            raise InputFileError(path, f"dataset 'links_row' is missing or has fewer than {m} "
+                                       "rows (links_written)")
+        for name in attrs["observables"]:
+            key = f"{OBS_GROUP}/{name}"
+            if key not in f or f[key].ndim != 1 or f[key].shape[0] < n:
+                raise InputFileError(path, f"dataset '{key}' is missing or has fewer than {n} "
+                                           "rows (n_written)")
     shape = tuple(attrs["lattice_shape"])
     row = (len(shape), *shape, attrs["nc"], attrs["nc"])
     for name in DATASETS:
@@ -219,9 +260,10 @@ def _check_datasets(f: h5py.File, path: Path, n: int, attrs: Mapping[str, Any]) 
                 path, f"dataset '{name}' is {ds.shape} {ds.dtype}, expected [n] "
                 f"{ROW_DATASETS[name]}"
             )
-        if ds.shape[0] < n:
+        need, what = (m, "links_written") if name == "links" else (n, "n_written")
+        if ds.shape[0] < need:
             raise InputFileError(
-                path, f"dataset '{name}' has {ds.shape[0]} rows but n_written = {n}: "
+                path, f"dataset '{name}' has {ds.shape[0]} rows but {what} = {need}: "
                 "the file is truncated or damaged"
             )
 
@@ -320,6 +362,10 @@ class ShardWriter:
             "log_z_start": np.float64(h.log_z_start),
             "hpcflow_version": __version__,
             "n_written": np.int64(0),
+            "links_written": np.int64(0),
+            "store": h.store,
+            "thin": np.int64(h.thin),
+            "observables": ",".join(h.observables),
         }
 
     def _create(self, chunk_rows: int | None) -> None:
@@ -336,12 +382,18 @@ class ShardWriter:
                              dtype=self.links_dtype, chunks=(chunk_rows, *row))
             for name, dt in ROW_DATASETS.items():
                 f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
+            f.create_dataset("links_row", shape=(0,), maxshape=(None,), dtype=np.int64,
+                             chunks=(4096,))
+            for name in self.header.observables:
+                f.create_dataset(f"{OBS_GROUP}/{name}", shape=(0,), maxshape=(None,),
+                                 dtype=np.float64, chunks=(4096,))
 
     def _check_for_resume(self) -> int:
         """Check the existing shard against this run; cut rows past ``n_written``."""
         f, path = self._file, self.path
         attrs = _read_attrs(f, path)
         want = self._attrs()
+        want["observables"] = self.header.observables
         for key in (*_MUST_MATCH, "rank"):
             have, expect = attrs[key], _plain(want[key])
             if have != expect:
@@ -349,18 +401,29 @@ class ShardWriter:
                     path, f"cannot resume: attribute '{key}' is {have!r} in the file but "
                     f"{expect!r} in this run"
                 )
-        n = attrs["n_written"]
+        if attrs["format_version"] != FORMAT_VERSION:
+            raise InputFileError(path, f"cannot resume: written in format_version "
+                                       f"{attrs['format_version']}, this hpcflow writes "
+                                       f"{FORMAT_VERSION}")
+        n, m = attrs["n_written"], attrs["links_written"]
         _check_datasets(f, path, n, attrs)
         if f["links"].dtype != self.links_dtype:
             raise InputFileError(
                 path, f"cannot resume: dataset 'links' is {f['links'].dtype} in the file but "
                 f"{self.links_dtype} in this run"
             )
-        if any(f[name].shape[0] > n for name in DATASETS):  # rows of an interrupted append
-            for name in DATASETS:
-                f[name].resize(n, axis=0)
+        sizes = {name: n for name in self._row_datasets()}
+        sizes.update(links=m, links_row=m)
+        if any(f[name].shape[0] > k for name, k in sizes.items()):  # an interrupted append
+            for name, k in sizes.items():
+                f[name].resize(k, axis=0)
             self._sync()
+        self._m = m
         return n
+
+    def _row_datasets(self) -> list[str]:
+        """The datasets with one entry per proposal."""
+        return [*ROW_DATASETS, *(f"{OBS_GROUP}/{k}" for k in self.header.observables)]
 
     # -- writing
     @property
@@ -368,24 +431,28 @@ class ShardWriter:
         """Number of complete rows in the shard."""
         return self._n
 
+    @property
+    def links_written(self) -> int:
+        """Number of stored configurations in the shard."""
+        return self._m
+
     def append(self, batch: Mapping[str, Any]) -> int:
         """Append rows; returns the new ``n_written``.
 
-        ``batch``: numpy arrays or torch tensors ``links [b, Nd, *L, Nc, Nc]`` (complex),
-        ``log_q``, ``action``, ``log_weight``, ``mcmc_state``, ``accepted`` (each ``[b]``).
+        ``batch``: numpy arrays or torch tensors ``log_q``, ``action``, ``log_weight``,
+        ``mcmc_state``, ``accepted`` (each ``[b]``), ``observables`` (name -> ``[b]``, the
+        header's names); and the configurations to store: ``links [k, Nd, *L, Nc, Nc]``
+        (complex) with ``links_row [k]``, the shard rows they belong to (``0 .. n_written +
+        b - 1``). With ``store: all`` ``links_row`` may be left out (``k = b``, the new rows).
         ``mcmc_state`` indexes this shard's rows (earlier batches included).
         """
-        missing = [k for k in DATASETS if k not in batch]
+        missing = [k for k in ROW_DATASETS if k not in batch]
+        if self.header.observables and "observables" not in batch:
+            missing.append("observables")
         if missing:
             raise ValueError(f"batch lacks {', '.join(missing)}")
-        links = _to_numpy(batch["links"])
-        row = self.header.links_shape()
-        if links.shape[1:] != row:
-            raise ValueError(f"links has shape {links.shape}, expected [b, {row}]")
-        if not np.iscomplexobj(links):
-            raise ValueError(f"links must be complex, got {links.dtype}")
-        b = links.shape[0]
-        arrays = {"links": links.astype(self.links_dtype, copy=False)}
+        arrays = {}
+        b = len(_to_numpy(batch["action"]))
         for name, dt in ROW_DATASETS.items():
             a = _to_numpy(batch[name])
             if a.shape != (b,):
@@ -393,26 +460,71 @@ class ShardWriter:
             if name == "mcmc_state" and not np.issubdtype(a.dtype, np.integer):
                 raise ValueError(f"mcmc_state must be integer, got {a.dtype}")
             arrays[name] = a.astype(dt, copy=False)
-        if b == 0:
-            return self._n
+        obs = batch.get("observables") or {}
+        if set(obs) != set(self.header.observables):
+            raise ValueError(f"observables {sorted(obs)} differ from the header's "
+                             f"{sorted(self.header.observables)}")
+        for name in self.header.observables:
+            a = _to_numpy(obs[name])
+            if a.shape != (b,):
+                raise ValueError(f"observable {name} has shape {a.shape}, expected ({b},)")
+            arrays[f"{OBS_GROUP}/{name}"] = a.astype(np.float64, copy=False)
         n0, n1 = self._n, self._n + b
+        links, rows = self._links_of(batch, n0, n1)
+        if b == 0 and len(rows) == 0:
+            return self._n
         state = arrays["mcmc_state"]
-        if state.min() < 0 or state.max() >= n1:
+        if b and (state.min() < 0 or state.max() >= n1):
             raise ValueError(f"mcmc_state must index rows 0..{n1 - 1} of this shard")
-
+        m0, m1 = self._m, self._m + len(rows)
         for name, a in arrays.items():
             ds = self._file[name]
             ds.resize(n1, axis=0)
             ds[n0:n1] = a
+        for name, a in (("links", links), ("links_row", rows)):
+            ds = self._file[name]
+            ds.resize(m1, axis=0)
+            if m1 > m0:
+                ds[m0:m1] = a
         self._sync()  # rows are on disk ...
-        self._set_n_written(n1)  # ... before they are counted
+        self._set_n_written(n1, m1)  # ... before they are counted
         self._sync()
-        self._n = n1
+        self._n, self._m = n1, m1
         return n1
 
-    def _set_n_written(self, n: int) -> None:
+    def _links_of(self, batch: Mapping[str, Any], n0: int, n1: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's configurations to store and their rows, checked."""
+        row = self.header.links_shape()
+        if "links" not in batch or batch["links"] is None:
+            if self.header.store == "all" and n1 > n0:
+                raise ValueError("batch lacks links (store: all)")
+            return np.zeros((0, *row), self.links_dtype), np.zeros(0, np.int64)
+        links = _to_numpy(batch["links"])
+        if links.shape[1:] != row:
+            raise ValueError(f"links has shape {links.shape}, expected [k, {row}]")
+        if not np.iscomplexobj(links):
+            raise ValueError(f"links must be complex, got {links.dtype}")
+        if batch.get("links_row") is None:
+            if self.header.store != "all":
+                raise ValueError(f"batch lacks links_row (store: {self.header.store})")
+            rows = np.arange(n0, n1, dtype=np.int64)
+        else:
+            rows = _to_numpy(batch["links_row"]).astype(np.int64).reshape(-1)
+        if len(rows) != len(links):
+            raise ValueError(f"{len(links)} configurations but {len(rows)} links_row entries")
+        if self.header.store == "none" and len(rows):
+            raise ValueError("store: none keeps no configurations")
+        if self.header.store == "all" and not np.array_equal(rows, np.arange(n0, n1)):
+            raise ValueError("store: all stores the links of every new row, in order")
+        if len(rows) and (rows.min() < 0 or rows.max() >= n1):
+            raise ValueError(f"links_row must index rows 0..{n1 - 1} of this shard")
+        return links.astype(self.links_dtype, copy=False), rows
+
+    def _set_n_written(self, n: int, m: int) -> None:
         # modify() rewrites the existing attribute in place (no delete + create)
         self._file.attrs.modify("n_written", np.int64(n))
+        self._file.attrs.modify("links_written", np.int64(m))
 
     def _sync(self) -> None:
         self._file.flush()
@@ -439,6 +551,10 @@ class _ShardInfo:
     attrs: dict[str, Any]
     n: int
     links_dtype: np.dtype
+
+    @property
+    def m(self) -> int:
+        return self.attrs["links_written"]
 
 
 def _inspect_shard(path: Path, rank: int, world_size: int, master: str) -> _ShardInfo:
@@ -488,48 +604,66 @@ def write_master(directory: str | Path, world_size: int, *, name: str = MASTER_N
 
     counts = np.array([s.n for s in shards], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    total = int(counts.sum())
     row = tuple(first.attrs["lattice_shape"])
     row = (len(row), *row, first.attrs["nc"], first.attrs["nc"])
 
     final = directory / name
     with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
-        _write_master_body(f, shards, counts, offsets, total, row, first)
+        _write_master_body(f, shards, counts, offsets, row, first)
     return final
 
 
-def _write_master_body(f, shards, counts, offsets, total, row, first) -> None:
-    for key in (*HEADER_ATTRS, "format", "format_version"):
+def _virtual(f: h5py.File, name: str, shards, counts, tail, dtype) -> None:
+    """``f[name]``: the first ``counts[r]`` rows of each shard's ``name``, joined."""
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    layout = h5py.VirtualLayout(shape=(int(sum(counts)), *tail), dtype=dtype)
+    for s, n, off in zip(shards, counts, offsets, strict=True):
+        if n == 0:
+            continue
+        # A bare file name: HDF5 looks for it next to the master file.
+        src = h5py.VirtualSource(s.path.name, name, shape=(int(n), *tail), dtype=dtype)
+        layout[off:off + n] = src[0:n]
+    fill = np.nan if dtype.kind == "f" else None
+    f.create_virtual_dataset(name, layout, fillvalue=fill)
+
+
+def _write_master_body(f, shards, counts, offsets, row, first) -> None:
+    for key in (*HEADER_ATTRS, "format"):
         f.attrs[key] = first.attrs[key]
+    observables = tuple(first.attrs["observables"])
+    link_counts = np.array([s.m for s in shards], dtype=np.int64)
+    f.attrs["format_version"] = np.int64(FORMAT_VERSION)
     f.attrs["lattice_shape"] = np.asarray(first.attrs["lattice_shape"], dtype=np.int64)
     f.attrs["rank"] = np.int64(-1)
     f.attrs["world_size"] = np.int64(len(shards))
     f.attrs["hpcflow_version"] = __version__
-    f.attrs["n_written"] = np.int64(total)
+    f.attrs["n_written"] = np.int64(counts.sum())
+    f.attrs["links_written"] = np.int64(link_counts.sum())
+    f.attrs["store"] = first.attrs["store"]
+    f.attrs["thin"] = np.int64(first.attrs["thin"])
+    f.attrs["observables"] = ",".join(observables)
 
-    virtual = {"links": (row, first.links_dtype)}
-    virtual.update({k: ((), dt) for k, dt in ROW_DATASETS.items() if k != "mcmc_state"})
-    for ds_name, (tail, dtype) in virtual.items():
-        layout = h5py.VirtualLayout(shape=(total, *tail), dtype=dtype)
-        for s, n, off in zip(shards, counts, offsets, strict=True):
-            if n == 0:
-                continue
-            # A bare file name: HDF5 looks for it next to the master file.
-            src = h5py.VirtualSource(s.path.name, ds_name, shape=(int(n), *tail), dtype=dtype)
-            layout[off:off + n] = src[0:n]
-        fill = np.nan if dtype.kind == "f" else None
-        f.create_virtual_dataset(ds_name, layout, fillvalue=fill)
+    _virtual(f, "links", shards, link_counts, row, first.links_dtype)
+    for k, dt in ROW_DATASETS.items():
+        if k != "mcmc_state":
+            _virtual(f, k, shards, counts, (), dt)
+    for k in observables:
+        _virtual(f, f"{OBS_GROUP}/{k}", shards, counts, (), np.dtype(np.float64))
 
-    states = []
+    states, link_rows = [], []
     for s, n, off in zip(shards, counts, offsets, strict=True):
         with _open_h5(s.path, "r") as g, _damaged_is_input_error(s.path):
             states.append(g["mcmc_state"][:n] + off)
+            rows = g["links_row"][:s.m] if "links_row" in g else np.arange(s.m)
+            link_rows.append(rows.astype(np.int64) + off)
     state = np.concatenate(states) if states else np.zeros(0, np.int64)
     f.create_dataset("mcmc_state", data=state.astype(np.int64))
+    f.create_dataset("links_row", data=np.concatenate(link_rows).astype(np.int64))
     f.create_dataset("shard_files", data=np.array([s.path.name for s in shards], dtype=object),
                      dtype=h5py.string_dtype())
     f.create_dataset("shard_n_written", data=counts)
     f.create_dataset("shard_offset", data=offsets)
+    f.create_dataset("shard_links_written", data=link_counts)
 
 
 # ------------------------------------------------------------------------------------- reader
@@ -601,9 +735,12 @@ class SampleSet:
     """A sample file opened for reading (from :func:`open_samples`).
 
     ``attrs``: root attributes as plain Python values; ``n``: complete rows; ``links``: a
-    :class:`LazyRows` view ``[n, Nd, *L, Nc, Nc]``; ``log_q``, ``action``, ``log_weight``,
-    ``mcmc_state``, ``accepted``: numpy arrays ``[n]``, read on first use. ``shard_files`` and
-    ``shard_n_written`` for a master file (one entry, the file itself, otherwise).
+    :class:`LazyRows` view ``[m, Nd, *L, Nc, Nc]`` of the stored configurations (``m = n``
+    with ``store: all``) and ``links_row [m]`` their rows; ``log_q``, ``action``,
+    ``log_weight``, ``mcmc_state``, ``accepted``: numpy arrays ``[n]``, read on first use;
+    ``observable(name)``: the stored measurements ``[n]`` (``observable_names``; none in
+    version 1 and 2 files). ``shard_files`` and ``shard_n_written`` for a master file (one
+    entry, the file itself, otherwise).
     """
 
     def __init__(self, path: Path, f: h5py.File, attrs: dict[str, Any]):
@@ -612,7 +749,9 @@ class SampleSet:
         self.attrs = attrs
         self.n: int = attrs["n_written"]
         self.is_master = "shard_files" in f
-        self.links = LazyRows(f["links"], self.n)
+        self.m: int = attrs["links_written"]
+        self.store: str = attrs["store"]
+        self.links = LazyRows(f["links"], self.m)
         self._cache: dict[str, np.ndarray] = {}
         if not attrs["sampler"]:  # a version 1 file: flows have a finite log q
             attrs["sampler"] = "flow" if self.n and np.isfinite(self.log_q).all() else "hmc"
@@ -649,6 +788,41 @@ class SampleSet:
         return self._column("accepted")
 
     @property
+    def links_row(self) -> np.ndarray:
+        """The row of each stored configuration: ``[m]``."""
+        if "links_row" not in self._file:  # version 1 and 2: every row
+            return np.arange(self.m, dtype=np.int64)
+        if "links_row" not in self._cache:
+            self._cache["links_row"] = self._file["links_row"][: self.m]
+        return self._cache["links_row"]
+
+    @property
+    def observable_names(self) -> tuple[str, ...]:
+        return tuple(self.attrs["observables"])
+
+    def observable(self, name: str) -> np.ndarray:
+        """Measurements of ``name`` for every row, as stored when drawn: ``[n]`` float64."""
+        if name not in self.observable_names:
+            raise KeyError(f"{self.path} stores no observable {name!r} (it has: "
+                           f"{', '.join(self.observable_names) or 'none'})")
+        return self._column(f"{OBS_GROUP}/{name}")
+
+    def links_of_rows(self, rows) -> np.ndarray:
+        """Configurations of ``rows`` (their stored copies): ``[k, Nd, *L, Nc, Nc]``.
+
+        Raises ``KeyError`` naming the first row whose configuration was not stored."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if self.store == "all" and self.m == self.n:
+            return self.links[rows]
+        stored = self.links_row
+        pos = np.searchsorted(stored, rows)  # links_row never decreases
+        bad = (pos >= len(stored)) | (stored[np.minimum(pos, len(stored) - 1)] != rows)
+        if bad.any():
+            raise KeyError(f"{self.path} (store: {self.store}, thin {self.attrs['thin']}) "
+                           f"holds no configuration of row {int(rows[bad][0])}")
+        return self.links[pos]
+
+    @property
     def shard_files(self) -> list[str]:
         if self.is_master:
             return [_plain(s) for s in self._file["shard_files"][:]]
@@ -669,8 +843,9 @@ class SampleSet:
 
     def mcmc_links(self, start: int = 0, stop: int | None = None, step: int = 1) -> np.ndarray:
         """Links of the Markov chain states after steps ``start:stop:step``:
-        ``links[mcmc_state[start:stop:step]]``, ``[m, Nd, *L, Nc, Nc]``."""
-        return _read_rows(self._file["links"], self.mcmc_state[start:stop:step])
+        ``links[mcmc_state[start:stop:step]]``, ``[k, Nd, *L, Nc, Nc]`` (``KeyError`` when
+        one of them was not stored)."""
+        return self.links_of_rows(self.mcmc_state[start:stop:step])
 
     def iter_mcmc_links(self, batch_size: int = 256) -> Iterator[np.ndarray]:
         """The chain states in order, ``batch_size`` steps at a time (bounded memory)."""
@@ -736,7 +911,8 @@ def _check_master_shards(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> 
                     shard, f"attribute '{key}' is {info.attrs[key]!r} but {attrs[key]!r} in "
                     f"{path.name}: the shard was replaced by one from another run"
                 )
-        if info.n != count:
+        if info.n != count or ("shard_links_written" in f and
+                               info.m != int(f["shard_links_written"][rank])):
             raise InputFileError(
                 shard, f"holds {info.n} complete rows but {path.name} was written when it held "
                 f"{count}; write the master file again (hpcflow.io.samples.write_master)"

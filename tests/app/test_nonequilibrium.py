@@ -3,7 +3,6 @@ reproduce 1 process, kill -9 then resume changes nothing, a protocol can start f
 equilibrium ensemble, and the reference chain is resumable."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from hpcflow.app.metrics import read_metrics
 from hpcflow.io.samples import open_samples
-from tests.helpers import clean_env, mpiexec
+from tests.helpers import clean_env, kill_two_ranks_at, mpiexec
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("links", "log_q", "action", "log_weight", "mcmc_state", "accepted")
@@ -105,21 +104,8 @@ def test_annealing_kill_minus_nine_then_resume(tmp_path):
     run(hpcflow("sample", str(cfg), "--n", str(n), "--batch-size", "8", "--out", str(ref),
                 ranks=2))
     out = tmp_path / "killed"
-    kills = 0
-    for delay in (0.3, 1.0):
-        proc = subprocess.Popen(hpcflow("sample", str(cfg), "--n", str(n), "--batch-size", "8",
-                                        "--out", str(out), ranks=2), env=clean_env(), cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and not all(
-                (out / f"shard-r0000{r}.h5").exists() for r in (0, 1)):
-            time.sleep(0.01)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
+    kills = kill_two_ranks_at(hpcflow("sample", str(cfg), "--n", str(n), "--batch-size", "8",
+                                      "--out", str(out), ranks=2), out, (0.3, 1.0), cwd=ROOT)
     assert kills >= 1, "the sampler finished too fast to be interrupted"
     run(hpcflow("sample", str(cfg), "--n", str(n), "--batch-size", "8", "--out", str(out),
                 ranks=2))

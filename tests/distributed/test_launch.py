@@ -32,59 +32,105 @@ def hpcflow_line(out: str, backend: str, device: str, tmp_path) -> None:
             f"--set distributed.backend={backend} --set distributed.device={device}") in out
 
 
-def test_aurora(tmp_path):
-    out = dry_run(tmp_path, "--system", "aurora", "--nodes", "3", "--walltime", "02:00:00",
-                  "--project", "LatticeFlow", "--queue", "debug-scaling")
-    for line in ("#PBS -l select=3", "#PBS -l walltime=02:00:00", "#PBS -A LatticeFlow",
-                 "#PBS -q debug-scaling", "#PBS -l filesystems=home:flare",
-                 "#PBS -l place=scatter", "#PBS -k doe", "RANKS_PER_NODE=12",
-                 "CPU_BIND=list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:"
-                 "85-92:93-100",
-                 "export ZE_FLAT_DEVICE_HIERARCHY=FLAT", "export CCL_PROCESS_LAUNCHER=pmix",
-                 "export CCL_ATL_TRANSPORT=mpi", "export CCL_KVS_MODE=mpi",
-                 "export FI_MR_CACHE_MONITOR=userfaultfd",
-                 'mpiexec -n 36 -ppn "$RANKS_PER_NODE" --cpu-bind="$CPU_BIND"',
-                 "qsub " + str(tmp_path / "run" / "job-aurora-train.pbs")):
+# What each system's script must carry: queue rule, binding, environment, walltime and signal
+# wiring (launch/README.md says where each comes from). Walltime 01:00:00 with the default
+# margin of 5% = 180 s: training gets 3600 - 180 = 3420 s, counted from the job's start.
+COMMON = ['HPCFLOW_JOB_START="$(date +%s)"', "export HPCFLOW_JOB_START",
+          "--set train.walltime=3420", "set -u  # only now", "HPCFLOW_LAUNCHER",
+          "ip -4 -o addr show dev hsn0", 'export MASTER_ADDR="$hsn_addr"']
+REQUIRED = {
+    "aurora": (["--nodes", "3"], [
+        "#PBS -q debug-scaling", "#PBS -l select=3", "#PBS -l walltime=01:00:00",
+        "#PBS -l filesystems=home:flare", "#PBS -l place=scatter", "#PBS -k doe",
+        "RANKS_PER_NODE=12",
+        "CPU_BIND=list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100",
+        "export ZE_FLAT_DEVICE_HIERARCHY=FLAT", "export CCL_PROCESS_LAUNCHER=pmix",
+        "export CCL_ATL_TRANSPORT=mpi", "export CCL_KVS_MODE=mpi",
+        "export CCL_KVS_CONNECTION_TIMEOUT=600", "export CCL_OP_SYNC=1",
+        "export FI_MR_CACHE_MONITOR=userfaultfd", "export FI_CXI_RX_MATCH_MODE=hybrid",
+        'launcher=(mpiexec -n 36 -ppn "$RANKS_PER_NODE" --cpu-bind="$CPU_BIND")',
+        "training stops by itself 180 s before the limit",
+        "module load frameworks\nfi\nset -u"], "torch", "xpu"),
+    "polaris": (["--nodes", "2"], [
+        "#PBS -q debug", "#PBS -l select=2:system=polaris", "#PBS -l filesystems=home:eagle",
+        "#PBS -l walltime=01:00:00", "export HPCFLOW_GPU_AFFINITY=reverse",
+        "RANKS_PER_NODE=4", 'export NCCL_NET="AWS Libfabric"', "/soft/libraries/aws-ofi-nccl/",
+        "export NCCL_NET_GDR_LEVEL=PHB", "export NCCL_CROSS_NIC=1",
+        "export FI_CXI_DISABLE_HOST_REGISTER=1", "export FI_MR_CACHE_MONITOR=userfaultfd",
+        "export CUBLAS_WORKSPACE_CONFIG=:4096:8",
+        'launcher=(mpiexec -n 8 -ppn "$RANKS_PER_NODE" --cpu-bind depth -d 16)',
+        "training stops by itself 180 s before the limit",
+        "module load conda\nconda activate base\nfi\nset -u"], "torch", "cuda"),
+    "perlmutter": (["--nodes", "4"], [
+        "#SBATCH -q regular", "#SBATCH -C gpu", "#SBATCH -N 4", "#SBATCH -t 01:00:00",
+        "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=32", "#SBATCH --signal=USR1@180",
+        "export SLURM_CPU_BIND=cores", "export NCCL_SOCKET_IFNAME=hsn",
+        "launcher=(srun -N 4 -n 16 --ntasks-per-node=4 --gpus-per-node=4 "
+        "--cpus-per-task=32)", "module load pytorch\nfi\nset -u"], "torch", "cuda"),
+    "frontier": (["--nodes", "16", "--venv", "/opt/venv"], [
+        "#SBATCH -p batch", "#SBATCH -N 16", "#SBATCH -t 01:00:00",
+        "#SBATCH --signal=USR1@180", "export OMP_NUM_THREADS=7",
+        "launcher=(srun -N 16 -n 128 --ntasks-per-node=8 -c7 --gpus-per-task=1 "
+        "--gpu-bind=closest)", "AWS_OFI_RCCL_DIR", "export NCCL_SOCKET_IFNAME=hsn0",
+        "export FI_CXI_ATS=0", "source /opt/venv/bin/activate\nfi\nset -u"], "torch", "cuda"),
+}
+
+
+@pytest.mark.parametrize("system", sorted(REQUIRED))
+def test_required_lines(tmp_path, system):
+    """Every system's dry run carries its table of lines, and the hpcflow command."""
+    extra, lines, backend, device = REQUIRED[system]
+    out = dry_run(tmp_path, "--system", system, "--walltime", "01:00:00", "--project", "P",
+                  *extra)
+    for line in COMMON + lines:
         assert line in out, line
-    hpcflow_line(out, "torch", "xpu", tmp_path)
+    hpcflow_line(out, backend, device, tmp_path)
     assert "{{" not in out.split("in {{...}}")[-1]  # every placeholder filled
-
-
-def test_polaris(tmp_path):
-    out = dry_run(tmp_path, "--system", "polaris", "--nodes", "2", "--project", "P")
-    for line in ("#PBS -l select=2:system=polaris", "#PBS -l filesystems=home:eagle",
-                 "#PBS -q prod", "export HPCFLOW_GPU_AFFINITY=reverse", "RANKS_PER_NODE=4",
-                 'mpiexec -n 8 -ppn "$RANKS_PER_NODE" --cpu-bind depth -d 16'):
-        assert line in out, line
-    hpcflow_line(out, "torch", "cuda", tmp_path)
-
-
-def test_perlmutter(tmp_path):
-    out = dry_run(tmp_path, "--system", "perlmutter", "--nodes", "4", "--walltime", "00:20:00",
-                  "--project", "m1234_g", "--queue", "debug")
-    for line in ("#SBATCH -C gpu", "#SBATCH -N 4", "#SBATCH -t 00:20:00", "#SBATCH -A m1234_g",
-                 "#SBATCH -q debug", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --cpus-per-task=32",
-                 "srun -N 4 -n 16 --ntasks-per-node=4 --gpus-per-node=4 --cpus-per-task=32",
-                 "sbatch --parsable " + str(tmp_path / "run" / "job-perlmutter-train.slurm")):
-        assert line in out, line
-    hpcflow_line(out, "torch", "cuda", tmp_path)
     assert not any(line.startswith("torchrun") for line in out.splitlines())
+    assert out.index("set -eo pipefail") < out.index("set -u  # only now")
+    if system in ("aurora", "polaris"):
+        assert "--signal" not in out  # PBS has no warning signal: the walltime does it
 
 
-def test_frontier_chained_resubmission(tmp_path):
-    out = dry_run(tmp_path, "--system", "frontier", "--nodes", "16", "--project", "LGT001",
-                  "--repeat", "3", "--", "--set", "train.steps=50000")
-    script = str(tmp_path / "run" / "job-frontier-train.slurm")
-    for line in ("#SBATCH -N 16", "#SBATCH -p batch", "export OMP_NUM_THREADS=7",
-                 "srun -N 16 -n 128 -c7 --gpus-per-task=1 --gpu-bind=closest",
-                 "--set train.steps=50000",
-                 f"sbatch --parsable {script}",
-                 f"sbatch --parsable --dependency=afterany:<id of job 1> {script}",
-                 f"sbatch --parsable --dependency=afterany:<id of job 2> {script}"):
-        assert line in out, line
-    hpcflow_line(out, "torch", "cuda", tmp_path)
-    assert not any(line.startswith("torchrun") for line in out.splitlines())
+@pytest.mark.parametrize("system, nodes, walltime, queue", [
+    ("polaris", 1, "01:00:00", "debug"),       # the 1-node default: prod takes 10 and more
+    ("polaris", 5, "00:30:00", "debug-scaling"),
+    ("polaris", 10, "06:00:00", "prod"),
+    ("aurora", 2, "00:30:00", "debug"),
+    ("aurora", 16, "01:00:00", "debug-scaling"),
+    ("aurora", 64, "06:00:00", "prod"),
+    ("perlmutter", 2, "00:30:00", "debug"),
+    ("perlmutter", 2, "02:00:00", "regular"),
+    ("frontier", 16, "02:00:00", "batch"),
+    ("frontier", 16, "12:00:00", "extended"),
+    ("frontier", 200, "12:00:00", "batch"),
+])
+def test_default_queue_follows_the_rules(tmp_path, system, nodes, walltime, queue):
+    out = dry_run(tmp_path, "--system", system, "--nodes", str(nodes), "--walltime", walltime,
+                  "--project", "P", "--venv", "/opt/venv")
+    assert (f"#PBS -q {queue}" if system in ("aurora", "polaris") else
+            f"#SBATCH -{'p' if system == 'frontier' else 'q'} {queue}") in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--system", "polaris", "--queue", "prod"], "queue prod does not take 1 node(s)"),
+    (["--system", "polaris", "--nodes", "4", "--walltime", "06:00:00"], "no queue takes"),
+    (["--system", "frontier", "--nodes", "100", "--walltime", "08:00:00", "--venv", "/v"],
+     "no queue takes"),
+    (["--system", "perlmutter", "--queue", "debug", "--walltime", "01:00:00"],
+     "queue debug does not take"),
+    (["--system", "frontier"], "--venv"),
+    (["--system", "aurora", "--walltime", "00:10:00", "--margin", "600"], "--margin"),
+])
+def test_queue_rules_refuse(tmp_path, args, message):
+    assert message in dry_run(tmp_path, *args, "--project", "P", ok=False)
+
+
+def test_margin_sets_walltime_and_signal(tmp_path):
+    out = dry_run(tmp_path, "--system", "perlmutter", "--project", "P", "--walltime",
+                  "00:30:00", "--margin", "120")
+    assert "#SBATCH --signal=USR1@120" in out and "--set train.walltime=1680" in out
 
 
 def test_pbs_chain_and_sample_command(tmp_path):
@@ -119,8 +165,8 @@ def test_local_dry_run(tmp_path):
 
 @pytest.mark.parametrize("system", ["aurora", "polaris", "perlmutter", "frontier"])
 def test_generated_scripts_are_valid_bash(tmp_path, system):
-    out = dry_run(tmp_path, "--system", system, "--project", "P")
-    script = out.split("(dry run: not written) ----\n", 1)[1].split("# ---- launch line")[0]
+    out = dry_run(tmp_path, "--system", system, "--project", "P", "--venv", "/opt/venv")
+    script = out.split("(dry run: not written) ----\n", 1)[1].split("# ---- launch")[0]
     assert script.startswith("#!/bin/bash")
     p = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
@@ -139,7 +185,8 @@ def test_submission_chains_job_ids(tmp_path, system, tool):
     run_dir = tmp_path / "run"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     p = subprocess.run([sys.executable, str(SUBMIT), "--system", system, "--project", "P",
-                        "--config", CONFIG, "--run-dir", str(run_dir), "--repeat", "2"],
+                        "--config", CONFIG, "--run-dir", str(run_dir), "--repeat", "2",
+                        "--venv", "/opt/venv"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     ext = "slurm" if tool == "sbatch" else "pbs"

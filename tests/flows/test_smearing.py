@@ -94,3 +94,30 @@ def test_the_map_is_invertible(name):
                 u = algebra_exp(rho[mu, parity] * project_algebra(u @ a), g) @ target
             flat = flat.index_copy(1, rows, u)
     assert torch.allclose(flat.view_as(links), links, atol=1e-10)
+
+
+def test_logdet_series_is_exact_at_the_largest_m():
+    """``G(M)`` by the adaptive series equals the block-exponential ``exp([[-M, 1], [0, 0]])``
+    (its upper right block is ``sum (-M)^k / (k + 1)!``) at |M| up to the largest ``rho_max``
+    allows; the fixed 10-term series of before was off by up to 1e-4 there."""
+    from hpcflow.flows.smearing import _structure, series_terms, stout_logdet
+    from hpcflow.lattice.algebra import project_algebra
+
+    g = get_group("SU3")
+    basis = algebra_basis(g)
+    f, prod = _structure(basis)
+    gen = torch.Generator().manual_seed(3)
+    w = 6 * g.random((256,), generator=gen)  # a 4D staple sum of aligned staples: |W| = 6
+    rho = torch.full((256,), 0.95 / 6, dtype=F64)
+    x = -rho[:, None] * torch.einsum("akl,...kl->...a", basis.conj(), project_algebra(w)).real
+    m = torch.einsum("abc,...c->...ab", f, x)
+    n = m.shape[-1]
+    block = torch.zeros(256, 2 * n, 2 * n, dtype=F64)
+    block[:, :n, :n], block[:, :n, n:] = -m, torch.eye(n, dtype=F64)
+    gm = torch.linalg.matrix_exp(block)[:, :n, n:]
+    d = torch.einsum("abij,...ji->...ab", prod, w).real
+    want = torch.linalg.slogdet(torch.eye(n, dtype=F64) - rho[:, None, None] * (gm @ d))[1]
+    got = stout_logdet(w, rho, basis)
+    assert m.flatten(1).norm(dim=1).max() > 2.0 and series_terms(0.0) == 1
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    assert (stout_logdet(w, rho, basis, terms=10) - want).abs().max() > 1e-8

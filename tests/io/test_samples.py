@@ -71,7 +71,7 @@ def test_round_trip_all_datasets_and_attributes(tmp_path, links_dtype):
     assert path.name == "shard-r00000.h5"
     with open_samples(path) as ss:
         a = ss.attrs
-        assert a["format"] == "hpcflow-samples" and a["format_version"] == 2
+        assert a["format"] == "hpcflow-samples" and a["format_version"] == 3
         assert a["sampler"] == "flow" and a["log_z_start"] == 0.0
         assert (a["group"], a["nc"], a["lattice_shape"], a["beta"]) == ("SU2", 2, (2, 3), 2.5)
         assert a["config"] == HEADER.config
@@ -84,7 +84,8 @@ def test_round_trip_all_datasets_and_attributes(tmp_path, links_dtype):
     with h5py.File(path, "r") as f:
         assert {k: f[k].dtype.name for k in f} == {
             "links": links_dtype, "log_q": "float64", "action": "float64",
-            "log_weight": "float64", "mcmc_state": "int64", "accepted": "bool"}
+            "log_weight": "float64", "mcmc_state": "int64", "accepted": "bool",
+            "links_row": "int64"}
 
 
 def test_torch_tensors_are_accepted(tmp_path):
@@ -179,7 +180,7 @@ def test_crash_before_count_update_is_truncated_on_reopen(tmp_path, monkeypatch)
     w = ShardWriter(tmp_path, HEADER)
     w.append(b1)
 
-    def crash(self, n):
+    def crash(self, n, m):
         raise KeyboardInterrupt("killed between the rows and their count")
 
     monkeypatch.setattr(ShardWriter, "_set_n_written", crash)
@@ -427,8 +428,8 @@ def test_foreign_or_newer_hdf5_file_is_refused(tmp_path):
         open_samples(foreign)
     write_shard(tmp_path, 0, 1, [make_batch(1)])
     with h5py.File(shard_path(tmp_path, 0), "r+") as f:
-        f.attrs["format_version"] = 3
-    with pytest.raises(InputFileError, match="format_version 3.*newer"):
+        f.attrs["format_version"] = 4
+    with pytest.raises(InputFileError, match="format_version 4.*newer"):
         open_samples(shard_path(tmp_path, 0))
 
 

@@ -128,3 +128,67 @@ def test_topological_charge_refuses_other_theories():
     group, links = random_links("SU2", (4, 4))
     with pytest.raises(ValueError, match="2D U"):
         topological_charge(links, group)
+
+
+def _constant_fluxes(n01: int, n23: int, shape) -> torch.Tensor:
+    """U(1) links ``[1, 4, *L, 1, 1]`` with ``n01`` flux quanta through every (0, 1) plane and
+    ``n23`` through every (2, 3) plane, spread evenly over the plaquettes."""
+    theta = torch.zeros(4, *shape, dtype=torch.float64)
+    x = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+    for (a, b), n in (((0, 1), n01), ((2, 3), n23)):
+        area = shape[a] * shape[b]
+        theta[b] = 2 * math.pi * n * x[a] / area
+        theta[a] = torch.where(x[a] == shape[a] - 1, -2 * math.pi * n * x[b] / shape[b], 0.0)
+    return torch.exp(1j * theta)[None, ..., None, None]
+
+
+@pytest.mark.parametrize("n01, n23", [(1, 1), (2, -1), (0, 3), (-1, -2)])
+def test_clover_charge_of_constant_fluxes(n01, n23):
+    """Q = n01 n23 up to the clover's O(1 / area) (sin of the plaquette angle for the angle)."""
+    from hpcflow.lattice.observables import clover_charge
+
+    shape = (6, 6, 6, 6)
+    q = clover_charge(_constant_fluxes(n01, n23, shape), U1()).item()
+    t01, t23 = 2 * math.pi * n01 / 36, 2 * math.pi * n23 / 36
+    expect = math.prod(shape) * math.sin(t01) * math.sin(t23) / (4 * math.pi**2)
+    assert q == pytest.approx(expect, abs=1e-12)
+    assert abs(q - n01 * n23) <= 0.1 * abs(n01 * n23)
+
+
+@pytest.mark.parametrize("name", ["U1", "SU2", "SU3"])
+def test_clover_charge_gauge_invariant_and_odd_under_reflection(name):
+    from hpcflow.lattice.observables import clover_charge
+
+    g = torch.Generator().manual_seed(5)
+    group, links = random_links(name, (4, 2, 2, 4), generator=g)
+    omega = random_gauge(group, 2, (4, 2, 2, 4), generator=g)
+    q = clover_charge(links, group)
+    assert torch.allclose(q, clover_charge(gauge_transform(links, omega, group), group),
+                          atol=1e-10)
+    # swapping lattice axes 1 and 2 (and those link directions) is a reflection: Q -> -Q
+    swapped = links.transpose(3, 4)[:, [0, 2, 1, 3]]
+    assert torch.allclose(average_plaquette(swapped, group), average_plaquette(links, group))
+    assert torch.allclose(clover_charge(swapped, group), -q, atol=1e-10)
+    assert q.abs().max() > 1e-3  # a rough configuration has a non-zero clover charge
+
+
+def test_su2_embedding_doubles_the_u1_charge():
+    """diag(e^{i theta}, e^{-i theta}) carries twice the U(1) field's tr F F."""
+    from hpcflow.lattice.observables import clover_charge
+
+    u = _constant_fluxes(1, 1, (6, 6, 4, 4))[..., 0, 0]
+    su2 = torch.zeros(*u.shape, 2, 2, dtype=torch.complex128)
+    su2[..., 0, 0], su2[..., 1, 1] = u, u.conj()
+    q1 = clover_charge(u[..., None, None], U1())
+    assert torch.allclose(clover_charge(su2, get_group("SU2")), 2 * q1, atol=1e-12)
+
+
+def test_measure_names():
+    from hpcflow.lattice.observables import measure, measured_names
+
+    for name, shape in (("U1", (4, 4)), ("SU2", (4, 4)), ("U1", (2, 2, 2)),
+                        ("SU3", (2, 2, 2, 2))):
+        group, links = random_links(name, shape, generator=torch.Generator().manual_seed(1))
+        out = measure(links, group)
+        assert tuple(out) == measured_names(group, len(shape))
+        assert all(v.shape == (2,) and v.dtype == torch.float64 for v in out.values())
