@@ -215,3 +215,23 @@ def test_shard_layout_on_disk(run_dir, tmp_path):
                                  "topological_charge", "q_squared"}
         assert f["obs/plaquette"].shape == (10,) and list(f["links_row"][:]) == list(
             f["mcmc_state"][[3, 7]])
+
+
+def test_a_proposal_drawn_alone_equals_the_same_in_a_batch(run_dir):
+    """What a resumed ``store: chain`` run relies on when the chain's state was not stored:
+    proposal ``k`` drawn again on its own is bitwise the one drawn in a batch (a flow and an
+    annealing trajectory)."""
+    from hpcflow.app.build import build_action, build_model, load_model
+    from hpcflow.app.propose import propose
+    from hpcflow.flows.prior import STREAM_SAMPLE
+
+    anneal = load_config(None, ["lattice.shape=[4, 4]", "lattice.group=SU2", "action.beta=1.0",
+                                "sampler.kind=annealing", "sampler.steps=3"])
+    flow = load_model(run_dir)
+    for model, cfg in ((flow, flow.config), (build_model(anneal), anneal)):
+        action = build_action(cfg)
+        with torch.no_grad():
+            batch = propose(model, action, range(8), seed=3, stream=STREAM_SAMPLE)
+            alone = propose(model, action, [5], seed=3, stream=STREAM_SAMPLE)
+        assert torch.equal(alone.links[0], batch.links[5])
+        assert torch.equal(alone.log_weight[0], batch.log_weight[5])
