@@ -83,9 +83,19 @@ def run_ctx(run_dir=None, comm=None, *, messages: list | None = None):
     return ctx
 
 
-def kill_two_ranks_at(cmd, out, delays, *, cwd=None) -> int:
+TINY_FLOW = [
+    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=1.0",
+    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
+    "train.batch_size=16", "train.steps=10", "train.eval_every=0", "train.plot=false",
+    "train.lr=0.01",
+]
+"""A 2D U(1) flow that trains in seconds: the run that sampling tests draw from."""
+
+
+def kill_two_ranks_at(cmd, out, delays, *, cwd=None, after_each=None) -> int:
     """Start ``cmd`` (an ``mpiexec -n 2`` sampler writing shards into ``out``) once per delay,
-    kill -9 its whole process group that long after both shards exist; returns the kills."""
+    kill -9 its whole process group that long after both shards exist, then call
+    ``after_each()`` (checks of the files left behind); returns the kills."""
     import os
     import signal
     import subprocess
@@ -105,6 +115,8 @@ def kill_two_ranks_at(cmd, out, delays, *, cwd=None) -> int:
             os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
             kills += 1
         proc.wait(timeout=60)
+        if after_each is not None:
+            after_each()
     return kills
 
 

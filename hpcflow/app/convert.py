@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
-from ..io.lattice_formats import export_name, export_samples, read_configuration
-from ..io.lattice_formats import write_configuration as write_lattice_file
-from ..io.samples import SampleHeader, ShardWriter, open_samples, write_master
+from ..io.lattice_formats import export_samples, read_configuration
+from ..io.samples import SampleHeader, ShardWriter, write_master
 from ..lattice.action import GaugeAction
 from ..lattice.groups import get_group
-from ..lattice.observables import measure, measured_names
+from ..lattice.observables import measured_names
+from .sample import measure_numpy
 
 __all__ = ["export_chain", "import_configurations"]
 
@@ -33,27 +33,6 @@ def export_chain(samples: str | Path, fmt: str, out_dir: str | Path, *, every: i
     2 every, ...``; one of ``store: chain`` every ``every``-th configuration it kept (named by
     its position among them); ``store: none`` has nothing to export (:class:`InputFileError`).
     """
-    with open_samples(samples) as s:
-        store, m, shard_path, group, beta = (s.store, s.m, s.path, s.attrs["group"],
-                                             s.attrs["beta"])
-        if store == "all":
-            pass
-        elif m == 0:
-            raise InputFileError(shard_path, f"stores no configurations (store: {store}); "
-                                             "sample again with sample.store all or chain")
-        else:
-            out_dir = Path(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            paths = []
-            for j in range(0, m, every):
-                links = s.links[j]
-                info = {"info": f"hpcflow {shard_path.name}: stored chain configuration {j}"}
-                if fmt == "nersc":
-                    info = {"sequence_number": j}
-                paths.append(write_lattice_file(out_dir / export_name(j, fmt), links, fmt,
-                                                group=group, precision=precision, beta=beta,
-                                                **info))
-            return paths
     return export_samples(samples, fmt, out_dir, step=every, chain=True, precision=precision)
 
 
@@ -77,25 +56,35 @@ def import_configurations(files: list[str | Path], out_dir: str | Path, *,
                           config=f"imported: {len(files)} files, first {files[0]}\n",
                           checkpoint_step=-1, sampler="imported", observables=names)
     out_dir = Path(out_dir)
-    with ShardWriter(out_dir, header, resume=False) as writer:
-        for lo in range(0, len(files), batch_size):
-            block = [Path(f) for f in files[lo:lo + batch_size]]
-            links = []
-            for path in block:
-                u, meta = (first_links, first) if path == Path(files[0]) and lo == 0 \
-                    else read_configuration(path)
-                if (meta["group"], tuple(meta["lattice_shape"])) != (group.name, shape):
-                    raise InputFileError(path, f"holds {meta['group']} "
-                                               f"{list(meta['lattice_shape'])}, the first file "
-                                               f"{group.name} {list(shape)}")
-                links.append(u)
-            u = torch.from_numpy(np.stack(links))
-            k = len(block)
-            nan = np.full(k, np.nan)
-            with torch.no_grad():
-                obs = {n: v.double().numpy() for n, v in measure(u, group).items()}
-                s = action(u).double().numpy()
-            writer.append({"links": u, "log_q": nan, "action": s, "log_weight": nan,
-                           "mcmc_state": np.arange(lo, lo + k), "accepted": np.ones(k, bool),
-                           "observables": obs})
+    read = {0: (first_links, first)}  # the first file is read once
+    writer = ShardWriter(out_dir, header, resume=False)
+    try:
+        _append_files(writer, files, read, group, shape, action, batch_size)
+    except BaseException:  # a bad file: no partial sample file is left behind
+        writer.close()
+        writer.path.unlink(missing_ok=True)
+        raise
+    writer.close()
     return write_master(out_dir, 1)
+
+
+def _append_files(writer, files, read: dict, group, shape, action, batch_size: int) -> None:
+    """Rows of ``files`` (checked against ``group`` and ``shape``) appended to ``writer``;
+    ``read``: files read already, by index."""
+    for lo in range(0, len(files), batch_size):
+        links = []
+        for i in range(lo, min(lo + batch_size, len(files))):
+            u, meta = read.pop(i, None) or read_configuration(files[i])
+            if (meta["group"], tuple(meta["lattice_shape"])) != (group.name, shape):
+                raise InputFileError(Path(files[i]), f"holds {meta['group']} "
+                                     f"{list(meta['lattice_shape'])}, the first file "
+                                     f"{group.name} {list(shape)}")
+            links.append(u)
+        u = torch.from_numpy(np.stack(links))
+        k = len(links)
+        nan = np.full(k, np.nan)
+        with torch.no_grad():
+            s = action(u).double().numpy()
+        writer.append({"links": u, "log_q": nan, "action": s, "log_weight": nan,
+                       "mcmc_state": np.arange(lo, lo + k), "accepted": np.ones(k, bool),
+                       "observables": measure_numpy(u, group)})

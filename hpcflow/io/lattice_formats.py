@@ -113,11 +113,13 @@ def export_samples(samples_path: str | Path, fmt: str, out_dir: str | Path, *, s
     as one ``fmt`` file each in ``out_dir``; returns the paths in order.
 
     ``chain``: the Markov-chain states after steps ``start:stop:step``
-    (``SampleSet.mcmc_links``), else the proposals of rows ``start:stop:step``; file ``i`` is
-    named :func:`export_name` of its step (row) index. Every file is written atomically; the
-    group, beta and shape come from the sample file. ``options`` as in
-    :func:`write_configuration` (NERSC's SEQUENCE_NUMBER is the index unless given).
-    :class:`InputFileError` when the sample file did not keep a requested configuration.
+    (``SampleSet.mcmc_links``); from a file that keeps only its thinned chain (``store:
+    chain``) the kept configurations ``start:stop:step``, numbered by their position among
+    them. Else the proposals of rows ``start:stop:step``. File ``i`` is named
+    :func:`export_name` of its index. Every file is written atomically; the group, beta and
+    shape come from the sample file. ``options`` as in :func:`write_configuration` (NERSC's
+    SEQUENCE_NUMBER is the index unless given). :class:`InputFileError` when the sample file
+    did not keep a requested configuration, or keeps none (``store: none``).
     """
     from .samples import open_samples
 
@@ -132,38 +134,35 @@ def export_samples(samples_path: str | Path, fmt: str, out_dir: str | Path, *, s
         shape = tuple(ss.attrs["lattice_shape"])
         beta = ss.attrs["beta"]
         check_supported(fmt, group, len(shape))
-        indices = range(ss.n)[start:stop:step]
+        if ss.n and not ss.m:
+            raise InputFileError(ss.path, f"stores no configurations (store: {ss.store}); "
+                                          "sample again with sample.store all or chain")
+        thinned = chain and ss.m != ss.n
+        what = ("kept chain configuration" if thinned else
+                "Markov-chain state after step" if chain else "proposal")
+        indices = range(ss.m if thinned else ss.n)[start:stop:step]
         if len(indices):
             out_dir.mkdir(parents=True, exist_ok=True)
         for a in range(0, len(indices), batch_size):
             block = indices[a:a + batch_size]
             lo, hi = block[0], block[-1] + 1
             try:
-                batch = (ss.mcmc_links(lo, hi, step) if chain
-                         else _proposal_links(ss, np.arange(lo, hi, step)))
+                batch = (ss.links[lo:hi:step] if thinned else ss.mcmc_links(lo, hi, step)
+                         if chain else ss.links_of_rows(np.arange(lo, hi, step)))
             except KeyError as exc:  # a file that keeps only some configurations
                 raise InputFileError(ss.path, f"cannot export steps {lo}..{hi - 1}: "
                                               f"{exc.args[0] if exc.args else exc}") from None
             for index, links in zip(block, batch, strict=True):
                 written.append(_export_one(out_dir / export_name(index, fmt), links, fmt,
-                                           group, precision, beta, index, ss.path.name,
-                                           chain, dict(options)))
+                                           group, precision, beta, f"{ss.path.name}: {what} "
+                                           f"{index}", index, dict(options)))
     return written
 
 
-def _proposal_links(ss: Any, rows: np.ndarray) -> np.ndarray:
-    """Configurations of proposal ``rows``: ``SampleSet.links_of_rows`` where the sample file
-    may keep only some configurations, else ``SampleSet.links[rows]`` (every row stored)."""
-    by_rows = getattr(ss, "links_of_rows", None)
-    return by_rows(rows) if by_rows is not None else ss.links[rows]
-
-
 def _export_one(path: Path, links: np.ndarray, fmt: str, group: str, precision: str,
-                beta: float, index: int, source: str, chain: bool,
-                options: dict[str, Any]) -> Path:
-    what = "Markov-chain state after step" if chain else "proposal"
+                beta: float, info: str, index: int, options: dict[str, Any]) -> Path:
     if fmt == "ildg":
-        options.setdefault("info", f"hpcflow {source}: {what} {index}")
+        options.setdefault("info", f"hpcflow {info}")
     else:
         options.setdefault("sequence_number", index)
     return write_configuration(path, links, fmt, group=group, precision=precision, beta=beta,

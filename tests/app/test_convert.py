@@ -91,7 +91,11 @@ def test_bad_input_is_refused(samples, tmp_path):
     victim.write_bytes(bytes(data))
     res = hpcflow("import", victim, "-o", tmp_path / "bad", "--beta", 1, check=False)
     assert res.returncode == 2 and victim.name in res.stderr and "checksum" in res.stderr.lower()
-    assert not (tmp_path / "bad" / "samples.h5").exists()
+    assert not list((tmp_path / "bad").glob("*.h5"))  # no partial shard left behind
+    good = sorted((tmp_path / "x").iterdir())[1:3]  # a bad file after good ones
+    res = hpcflow("import", *good, victim, "-o", tmp_path / "bad2", "--beta", 1, check=False)
+    assert res.returncode == 2 and victim.name in res.stderr
+    assert not list((tmp_path / "bad2").glob("*.h5"))
     u1 = tmp_path / "u1.yaml"
     u1.write_text("{}\n")
     hpcflow("sample", u1, "--n", 2, "--out", tmp_path / "u1", *sets(

@@ -1,8 +1,6 @@
 """hpcflow sample / analyze: resumable shards under MPI, kill -9 safety, missing shards; the
 chains of several ranks analyzed as replicas (AR(1) series of known tau_int)."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,15 +15,19 @@ from hpcflow.app import analyze
 from hpcflow.app.train import Trainer
 from hpcflow.estimators import chain_mean, independence_metropolis
 from hpcflow.io.samples import SampleHeader, ShardWriter, open_samples, write_master
-from tests.helpers import ar1, clean_env, mpiexec, run_ctx, sigma_mean_replicas, tau_true
+from tests.helpers import (
+    TINY_FLOW,
+    ar1,
+    clean_env,
+    kill_two_ranks_at,
+    mpiexec,
+    run_ctx,
+    sigma_mean_replicas,
+    tau_true,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=1.0",
-    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
-    "train.batch_size=16", "train.steps=10", "train.eval_every=0", "train.plot=false",
-    "train.lr=0.01",
-]
+TINY = TINY_FLOW
 DATASETS = ("links", "log_q", "action", "log_weight", "mcmc_state", "accepted")
 
 
@@ -75,25 +77,15 @@ def test_two_ranks_kill_minus_nine_then_resume(run_dir, tmp_path):
     ref = tmp_path / "ref"
     run_sample(run_dir, ref, n, ranks=2)
     out = tmp_path / "killed"
-    rng = np.random.default_rng(12345)
-    kills = 0
-    for delay in rng.uniform(0.0, 1.0, size=3):
-        proc = subprocess.Popen(sample_cmd(run_dir, out, n, ranks=2), env=clean_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        deadline = time.time() + 60  # wait until both ranks write, then a random moment
-        while time.time() < deadline and proc.poll() is None and not all(
-                (out / f"shard-r0000{r}.h5").exists() for r in (0, 1)):
-            time.sleep(0.01)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
-            kills += 1
-        proc.wait(timeout=60)
-        for shard in sorted(out.glob("shard-r*.h5")):  # every file opens, counts agree
+    def every_file_opens_and_counts_agree():
+        for shard in sorted(out.glob("shard-r*.h5")):
             with _open_when_released(shard) as f:
                 nw = int(f.attrs["n_written"])
                 assert all(f[k].shape[0] >= nw for k in DATASETS)
+
+    delays = np.random.default_rng(12345).uniform(0.0, 1.0, size=3)
+    kills = kill_two_ranks_at(sample_cmd(run_dir, out, n, ranks=2), out, delays,
+                              after_each=every_file_opens_and_counts_agree)
     assert kills >= 2, "the sampler finished too fast to be interrupted"
     res = subprocess.run(sample_cmd(run_dir, out, n, ranks=2), env=clean_env(), capture_output=True,
                          text=True, timeout=300)

@@ -22,15 +22,10 @@ from hpcflow.io.checkpoint import load_latest_checkpoint
 from hpcflow.io.samples import open_samples
 from hpcflow.lattice.groups import get_group
 from hpcflow.lattice.observables import measure
-from tests.helpers import clean_env, kill_two_ranks_at, mpiexec, run_ctx
+from tests.helpers import TINY_FLOW, clean_env, kill_two_ranks_at, mpiexec, run_ctx
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=1.0",
-    "model.layers=8", "model.net.hidden=[4]", "model.bins=4", "model.dtype=float64",
-    "train.batch_size=16", "train.steps=6", "train.eval_every=0", "train.plot=false",
-    "train.lr=0.01",
-]
+TINY = TINY_FLOW
 SCALARS = ("log_q", "action", "log_weight", "mcmc_state", "accepted")
 ANNEAL_SU3 = ["lattice.shape=[4, 2, 2, 2]", "lattice.group=SU3", "action.beta=1.0",
               "sampler.kind=annealing", "sampler.steps=2"]
