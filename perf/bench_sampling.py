@@ -6,7 +6,7 @@ through ``hpcflow.app.sample.run_sampling`` (shards + master file, fsync after e
 The flow is a randomized untrained one of the configuration: the cost does not depend on the
 training. The script re-launches itself under ``mpiexec -n 2`` for the 2-rank figures.
 
-    python perf/bench_sampling.py [--configs ...] [--n 4096] [--batch 512]
+    python perf/bench_sampling.py [--configs ...] [--n 4096] [--batch 512] [--device cuda]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def generate_only(model, action, mine: range, batch: int) -> None:
         idx = mine[lo: lo + batch]
         with torch.no_grad():
             u, logdet = model(model.prior(idx, seed=0, stream=STREAM_SAMPLE))
-            lw = (-action(u).double() + logdet.double()).numpy()
+            lw = (-action(u).double() + logdet.double()).cpu().numpy()
         _, _, state_lw, last = independence_metropolis(
             lw, metropolis_uniforms(0, idx), state_log_weight=state_lw,
             state_index=state_idx - lo)
@@ -49,7 +49,7 @@ def generate_only(model, action, mine: range, batch: int) -> None:
         u.cpu().numpy()  # the copy the writer makes too
 
 
-def worker(configs: list[str], n: int, batch: int) -> list[dict]:
+def worker(configs: list[str], n: int, batch: int, device: str = "cpu") -> list[dict]:
     from hpcflow import build_action, build_model, load_config
     from hpcflow.app.context import RunContext
     from hpcflow.app.sample import run_sampling
@@ -57,12 +57,12 @@ def worker(configs: list[str], n: int, batch: int) -> list[dict]:
 
     rows = []
     for path in configs:
-        cfg = load_config(path)
+        cfg = load_config(path, [f"distributed.device={device}"])
         comm = make_communicator(cfg.distributed.backend, cfg.distributed.device,
                                  cfg.distributed.threads)
         ctx = RunContext(comm, terminal=False)
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build_model(cfg).to(comm.device)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
@@ -86,6 +86,7 @@ def worker(configs: list[str], n: int, batch: int) -> list[dict]:
             shutil.rmtree(out, ignore_errors=True)
             rows.append({"config": path, "lattice": "x".join(map(str, cfg.lattice.shape)),
                          "group": cfg.lattice.group, "ranks": comm.size, "n": n,
+                         "device": str(comm.device),
                          "batch": batch, "gen_s": t_gen, "write_s": t_write,
                          "gen_per_s": n / t_gen, "write_per_s": n / t_write,
                          "overhead": t_write / t_gen - 1.0})
@@ -98,11 +99,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2048)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "xpu", "auto"])
     p.add_argument("--out", default="perf/out/bench_sampling.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        rows = worker(args.configs, args.n, args.batch)
+        rows = worker(args.configs, args.n, args.batch, args.device)
         if rows:
             Path(args.worker).write_text(json.dumps(rows))
         return
@@ -112,7 +114,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = Path(tmp) / "rows.json"
             cmd = [sys.executable, "-m", "mpi4py", __file__, "--worker", str(result),
-                   "--n", str(args.n), "--batch", str(args.batch), "--configs", *args.configs]
+                   "--n", str(args.n), "--batch", str(args.batch), "--device", args.device,
+                   "--configs", *args.configs]
             if ranks > 1:
                 cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", str(ranks),
                        *cmd]

@@ -53,10 +53,11 @@ def worker(config: str, backend: str, batch: int, steps: int, out: Path) -> None
         reduce_time = [0.0]
         original = comm.allreduce_gradients_
 
-        def timed(params):
+        def timed(*args, **kwargs):  # the step's one collective (gradients, log weights, votes)
             t0 = time.perf_counter()
-            original(params)
+            out = original(*args, **kwargs)
             reduce_time[0] += time.perf_counter() - t0
+            return out
 
         comm.allreduce_gradients_ = timed
         for _ in range(2):  # warm-up

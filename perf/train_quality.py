@@ -45,7 +45,8 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides + [
         f"train.walltime={args.minutes * 60}", f"train.eval_batch_size={args.eval}"])
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, RunContext(NoneComm(threads=args.threads), out / "run"))
+    comm = NoneComm(device=cfg.distributed.device, threads=args.threads)  # --set distributed.device
+    trainer = Trainer(cfg, RunContext(comm, out / "run"))
     result = trainer.run()
     train_s = time.perf_counter() - t0
     final = trainer.evaluate()

@@ -1,4 +1,5 @@
-"""Suite-wide checks: every test file is collected when the whole suite runs."""
+"""Suite-wide checks: every test file is collected when the whole suite runs; tests marked
+``gpu`` skip themselves where torch sees no CUDA device (perf/gpu_check.sh runs them on one)."""
 
 from pathlib import Path
 
@@ -9,8 +10,10 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Fail the run when a ``tests/**/test_*.py`` file yields no test while the whole suite
-    was asked for (a folder pytest skips, a file that does not import, a misnamed test)."""
+    """Skip ``gpu`` tests without CUDA; then fail the run when a ``tests/**/test_*.py`` file
+    yields no test while the whole suite was asked for (a folder pytest skips, a file that does
+    not import, a misnamed test)."""
+    _skip_gpu_tests_without_cuda(items)
     asked = [Path(a.split("::")[0]).resolve() for a in config.args] or [Path.cwd()]
     if not any(TESTS == a or TESTS.is_relative_to(a) for a in asked):
         return
@@ -21,3 +24,18 @@ def pytest_collection_modifyitems(session, config, items):
     if missing:
         raise pytest.UsageError(f"test files not collected (CI would never run them): "
                                 f"{', '.join(missing)}")
+
+
+def _skip_gpu_tests_without_cuda(items) -> None:
+    """A skip mark (not a deselection: the file still counts as collected) on every test
+    marked ``gpu`` when ``torch.cuda.is_available()`` is False."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device (torch {torch.__version__} sees none)")
+    for item in gpu:
+        item.add_marker(skip)

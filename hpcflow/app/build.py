@@ -64,10 +64,11 @@ def protocol(cfg: Config) -> list[float]:
 
 def _flow(cfg: Config, schedule) -> GaugeFlow:
     m = cfg.model
-    return build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
+    flow = build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
-                      dtype=DTYPES[m.dtype])
+                      dtype=DTYPES[m.dtype], eig=m.eig)
+    return flow.compile_layers() if cfg.distributed.compile else flow
 
 
 def load_model(run_dir: str | Path, *, device: str | torch.device | None = None

@@ -151,6 +151,10 @@ class ModelConfig:
     """Sequential updates of each active link per layer, each through another active loop."""
     transform: Literal["spline", "ncp"] = "spline"
     """U(1) loop transform: circular rational-quadratic spline with bias, or NCP mixture."""
+    eig: Literal["closed", "eigh"] = "closed"
+    """SU(2)/SU(3) eigen-decomposition in the spectral maps: closed forms (elementwise
+    operations only) or batched ``torch.linalg.eigh`` (the reference; slow for tiny matrices on
+    GPUs, with open support problems on XPUs). Same maps to rounding."""
     bins: int = 8
     """Spline bins (or NCP mixture components)."""
     net: NetConfig = field(default_factory=NetConfig)
@@ -418,9 +422,28 @@ class DistributedConfig:
     threads: int = 0
     """CPU threads per rank for torch; 0: the node's cores split over its ranks, or torch's
     default where OMP_NUM_THREADS is set or the launcher binds the ranks to cores."""
+    check_every: int = 0
+    """Training steps between checks that every rank holds bit-identical parameters and
+    optimizer state (a hash, one tiny allreduce; a rank that differs gets rank 0's state,
+    logged as a repair). Guards against ranks drifting apart silently: a reduction that gives
+    ranks different last bits, a corrupted rank; they would train different models, and a
+    restart from rank 0's checkpoint would not continue the run. 0: at checkpoints only (where
+    the check is the barrier anyway, no extra collective); N: also every N steps, a second
+    collective on those steps."""
+    compile: bool = False
+    """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
+    batch shape, no graph breaks, so no host synchronization inside a layer). Same results to
+    rounding, the first step of each shape pays the compilation (about 10-90 s on a CPU, cached
+    by torch on disk afterwards); needs a C++ compiler on CPUs and Triton on GPUs. Measured:
+    perf/RESULTS.md, "Operations per step"."""
+    tf32: bool = False
+    """Allow TensorFloat-32 (10-bit mantissa) in float32 matrix products and convolutions on
+    NVIDIA GPUs: faster, but ~5e-4 relative error per product in log q. Default: full
+    float32."""
 
     def check(self, key: str) -> None:
         _positive(self.threads, f"{key}.threads", allow_zero=True)
+        _positive(self.check_every, f"{key}.check_every", allow_zero=True)
 
 
 @dataclass

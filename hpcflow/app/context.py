@@ -6,7 +6,8 @@ the few rules that every command follows the same way:
 - **one rank-split rule** (:meth:`RunContext.share`): rank ``r`` of ``R`` handles the global
   indices ``r, r + R, r + 2R, ...`` of any list of work items (training samples, proposals,
   chains). Every item draws its random numbers from its own stream, so results do not depend on
-  ``R``; :meth:`RunContext.gather` puts per-rank results back into global index order;
+  ``R``; :meth:`RunContext.gather` puts per-rank results back into global index order (one
+  sum-allreduce of :meth:`RunContext.place`: the split is known, so no counts are exchanged);
 - **logging** (:mod:`logging`): every rank writes ``RUN_DIR/logs/rank-NNNNN.log`` with
   timestamps (when the command has a run directory); rank 0 also writes to the terminal; the
   error that ends a rank also goes to rank 0's log and, if it is the job's first, to
@@ -17,9 +18,9 @@ the few rules that every command follows the same way:
   :mod:`hpcflow.io.atomic` for every file that must never be seen half-written.
 
 :func:`run_context` opens one for a command: it makes the communicator (an unusable backend or
-device becomes a :class:`~hpcflow.errors.ConfigError` naming the key), installs the hook that
-stops every rank when one fails, and ends every rank when an input error is met after the ranks
-started talking.
+device becomes a :class:`~hpcflow.errors.ConfigError` naming the key), sets the float32
+precision policy (``distributed.tf32``), installs the hook that stops every rank when one fails,
+and ends every rank when an input error is met after the ranks started talking.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..distributed import (
     abort_all,
     install_abort_hook,
     make_communicator,
+    set_float32_precision,
 )
 from ..errors import ConfigError, HpcflowError
 
@@ -128,19 +130,23 @@ class RunContext:
         """This rank's global indices of ``n`` work items: ``rank, rank + size, ... < n``."""
         return range(self.comm.rank, n, self.comm.size)
 
-    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
-        """Every rank's rows of :meth:`share` ``(n)`` (``local: [len(share(n)), ...]``) on
-        every rank, in global index order: ``[n, ...]``."""
-        rows = self.comm.allgather(local)
-        if self.comm.size == 1:
-            return rows
-        # allgather concatenates rank by rank; row j of rank r is global index r + j * size
-        counts = [len(range(r, n, self.comm.size)) for r in range(self.comm.size)]
-        order = torch.cat([torch.arange(r, n, self.comm.size) for r in range(self.comm.size)])
-        assert sum(counts) == rows.shape[0] == n, "gather: shares do not add up to n"
-        out = torch.empty_like(rows)
-        out[order.to(rows.device)] = rows
+    def place(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """``[n, ...]`` zeros with this rank's rows of :meth:`share` ``(n)`` (``local:
+        [len(share(n)), ...]``) at their global indices. Summed over ranks this is the whole
+        batch in global order, exactly: every row has one contributor and ``x + 0 = x``. The
+        split is known in advance, so no rank has to send its row count."""
+        out = local.new_zeros((n, *local.shape[1:]))
+        out[self.comm.rank:n:self.comm.size] = local
         return out
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's rows of :meth:`share` ``(n)`` (``local: [len(share(n)), ...]``, a
+        number or bool dtype) on every rank, in global index order: ``[n, ...]``; one
+        sum-allreduce of :meth:`place` (a ``-0.0`` arrives as ``0.0``)."""
+        if self.comm.size == 1:
+            return local.clone()
+        rows = self.comm.allreduce_sum(self.place(local, n))
+        return rows.bool() if local.dtype == torch.bool else rows
 
     def on_root(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """Once every rank got here, run ``fn`` on rank 0 only, and wait for it on every rank
@@ -216,6 +222,7 @@ def run_context(distributed, command: str, run_dir: str | Path | None = None
         comm = make_communicator(distributed.backend, distributed.device, distributed.threads)
     except BackendError as exc:
         raise ConfigError(f"distributed.{exc.field}", str(exc)) from None
+    set_float32_precision(distributed.tf32)
     install_abort_hook(comm)
     ctx = RunContext(comm, run_dir, command=command)
     try:

@@ -9,13 +9,19 @@ One step (docs/physics.md, "Training and sampling"):
 3. loss = batch mean of ``log q(U) + S(U)`` (= KL(q||p) - log Z); backward (with
    ``train.gradient: path``, through ``log q`` re-evaluated by
    :func:`~hpcflow.app.propose.path_log_prob`);
-4. gradients averaged over ranks by one allreduce (``comm.allreduce_gradients_``), clipped, and
-   an Adam/amsgrad step with a staged learning rate (a function of the step alone); non-finite
-   steps, and path-gradient steps whose inverse pass misses the forward ``log q`` by more than
-   ``train.max_inverse_error``, are skipped and counted.
+4. ONE collective (``comm.allreduce_gradients_``): the gradients, averaged over ranks; every
+   sample's log weight (and inverse error), each rank's in its global rows and zeros elsewhere,
+   so that the sum is the whole batch on every rank (loss, ESS and log Z need all of it); and
+   every rank's stop votes (a signal received, the wall time running out), so that all ranks
+   stop after the same step;
+5. gradients clipped, and an Adam/amsgrad step with a staged learning rate (a function of the
+   step alone); non-finite steps, and path-gradient steps whose inverse pass misses the forward
+   ``log q`` by more than ``train.max_inverse_error``, are skipped and counted.
 
-Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch, atomic
-checkpoints with automatic resume, signals and wall time, plots at the end.
+Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch (one more
+collective), atomic checkpoints with automatic resume (one collective: the check that every rank
+holds the same state, ``comm.check_replicas_``; also every ``distributed.check_every`` steps),
+signals and wall time, plots at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..distributed import set_deterministic, set_float32_precision
 from ..errors import ConfigError, HpcflowError
 from ..estimators import ess, independence_metropolis, logsumexp
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
@@ -45,11 +52,13 @@ from .propose import StartEnsemble, propose
 
 __all__ = ["Trainer", "TrainResult", "job_elapsed", "model_seed"]
 
-_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+_STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+#: why training stops early, by priority (a signal names its sender, the scheduler or a person,
+#: so it is reported before the wall time): one slot each in the stop votes of a step
+_STOP_REASONS = (*_STOP_SIGNALS, "walltime")
 JOB_START_ENV = "HPCFLOW_JOB_START"
 """Environment variable with the job's start (Unix epoch seconds, set by the batch scripts of
 launch/): ``train.walltime`` then counts from the job's start, not from the trainer's."""
-_WALLTIME_FLAG = 1000.0  # above every signal number: the allreduced stop flag of "walltime"
 
 
 def job_elapsed(environ=None, now: float | None = None) -> float:
@@ -99,8 +108,11 @@ class Trainer:
             if n % comm.size and (key == "batch_size" or self.tc.eval_every):
                 raise ConfigError(f"train.{key}", f"the global batch {n} does not split evenly "
                                   f"over {comm.size} ranks; use a multiple of {comm.size}")
-        if self.tc.deterministic:
-            torch.use_deterministic_algorithms(True)
+        # before the model exists: cuBLAS reads its workspace setting at its first call
+        set_float32_precision(cfg.distributed.tf32)
+        line = set_deterministic(self.tc.deterministic)
+        if line:
+            ctx.log.info(line)
         torch.manual_seed(model_seed(self.tc.seed))
         self.model = build_model(cfg).to(comm.device)
         self.model.recompute = self.tc.recompute_layers
@@ -119,6 +131,8 @@ class Trainer:
         self.ckpt_time = 0.0
         self._signal = 0
         self._stop_reason = ""
+        self._t_start = time.perf_counter()
+        self._walltime = math.inf  # seconds after _t_start (run() sets both)
         self._last: dict = {}
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self._resume()
@@ -153,7 +167,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict:
-        """Steps 1-4 of the module docstring for ``self.step``; returns its metrics."""
+        """Steps 1-5 of the module docstring for ``self.step``; returns its metrics and sets
+        ``_stop_reason`` when any rank voted to stop."""
         tc, model, comm = self.tc, self.model, self.comm
         local = self.ctx.share(tc.batch_size)
         micro = tc.micro_batch_size or len(local)
@@ -168,9 +183,14 @@ class Trainer:
             (p.objective.sum() / len(local)).backward()  # equal shares: size | batch
             columns = [p.log_weight] + ([p.inverse_error.to(p.log_weight.dtype)] if path else [])
             per_sample.append(torch.stack(columns, dim=1))
-        comm.allreduce_gradients_(self.params)
-        # one collective for both columns; the host sees them once per step
-        gathered = self.ctx.gather(torch.cat(per_sample), tc.batch_size).double().cpu().numpy()
+        rows = self.ctx.place(torch.cat(per_sample), tc.batch_size)  # [B, columns]
+        votes = self._stop_votes().to(rows)
+        summed = comm.allreduce_gradients_(self.params,
+                                           sums=torch.cat([rows.reshape(-1), votes]))
+        # the host sees the columns and votes once per step
+        summed = summed.double().cpu()
+        gathered = summed[:rows.numel()].view(rows.shape).numpy()
+        self._stop_reason = _stop_reason(summed[rows.numel():].tolist())
         log_w = gathered[:, 0]
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
@@ -226,7 +246,9 @@ class Trainer:
         last_step = tc.steps if until is None else min(until, tc.steps)
         t_start = time.perf_counter()
         # the job's start-up (modules, imports, model build) counts against its walltime
-        walltime = tc.walltime_seconds() - job_elapsed()
+        self._t_start, self._walltime = t_start, tc.walltime_seconds() - job_elapsed()
+        self._stop_reason = ""
+        check_every = self.cfg.distributed.check_every
         previous = self._install_signal_handlers()
         progress = self.ctx.progress(tc.steps, initial=self.step, desc="train", unit="step")
         reason = "done"
@@ -256,11 +278,13 @@ class Trainer:
                         self.tensorboard.write(rec)
                 progress.update(1, line=_progress_line(rec, tc.steps), force="eval_ess" in rec,
                                 loss=f"{rec['loss']:.3f}", ess=f"{rec['ess']:.3f}")
-                if self._should_stop(now, walltime):
+                if self._stop_reason:  # decided in the step's collective: the same on all ranks
                     reason = self._stop_reason
                     break
                 if self.step % tc.checkpoint_every == 0 and self.step < last_step:
-                    self.checkpoint()
+                    self.checkpoint()  # checks the replicas too
+                elif check_every and self.step % check_every == 0:
+                    self._check_replicas()
             self.checkpoint()
         finally:
             progress.close()
@@ -280,21 +304,34 @@ class Trainer:
                                   "(pip install 'hpcflow[plot]')")
         return TrainResult(step=self.step, reason=reason, last=self._last)
 
-    def _should_stop(self, now: float, walltime: float) -> bool:
-        """Whether any rank got a stop signal or is about to run out of wall time; one
-        collective, so that every rank takes the same decision (their clocks and step times
-        differ a little, and only rank 0 knows the checkpoint time)."""
+    def _stop_votes(self) -> torch.Tensor:
+        """This rank's vote for each of ``_STOP_REASONS`` (``[n]`` float64, 1 or 0): a stop
+        signal received, or too little wall time left for the rest of this step and a
+        checkpoint (margin: two of the longest steps and checkpoints so far, plus 5 s; only
+        rank 0 knows the checkpoint time, the clocks of the ranks differ a little). The step's
+        collective sums the votes over ranks: exact small integers, the same on every rank,
+        so every rank takes the same decision (:func:`_stop_reason`)."""
+        votes = torch.zeros(len(_STOP_REASONS), dtype=torch.float64)
         margin = 2 * self.max_step_time + 2 * self.ckpt_time + 5.0
-        flag = _WALLTIME_FLAG if now + margin > walltime else 0.0
-        flag = self.comm.allreduce_max(max(flag, float(max(self._signal, 0))))
-        if flag >= _WALLTIME_FLAG:
-            self._stop_reason = "walltime"
-        elif flag > 0:
-            self._stop_reason = f"signal {signal.Signals(int(flag)).name}"
-        return flag > 0
+        if time.perf_counter() - self._t_start + margin > self._walltime:
+            votes[_STOP_REASONS.index("walltime")] = 1.0
+        if self._signal > 0:
+            name = signal.Signals(self._signal).name
+            if name in _STOP_REASONS:
+                votes[_STOP_REASONS.index(name)] = 1.0
+        return votes
+
+    def _check_replicas(self) -> None:
+        """Every rank holds rank 0's parameters and optimizer state afterwards (one collective;
+        broadcasts only if some rank differed, logged)."""
+        if not self.comm.check_replicas_(self.model, self.optimizer):
+            self.ctx.log.warning(
+                f"step {self.step}: ranks held different parameters or optimizer state; rank "
+                f"0's were broadcast to all (repair {self.comm.repairs})")
 
     def checkpoint(self) -> Path | None:
-        """Rank 0 writes the full training state; all ranks wait for it."""
+        """Rank 0 writes the full training state; all ranks wait for it in the check that
+        they hold the same state (:meth:`_check_replicas`)."""
         path = None
         if self.comm.is_root:
             t0 = time.perf_counter()
@@ -308,7 +345,7 @@ class Trainer:
             path = save_checkpoint(self.checkpoint_dir, self.step, payload)
             prune_checkpoints(self.checkpoint_dir, self.tc.keep_checkpoints)
             self.ckpt_time = max(self.ckpt_time, time.perf_counter() - t0)
-        self.comm.barrier()
+        self._check_replicas()
         return path
 
     # ------------------------------------------------------------------ signals
@@ -331,6 +368,15 @@ class Trainer:
     def _restore_signal_handlers(previous) -> None:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def _stop_reason(votes) -> str:
+    """The reason to stop from the summed votes of ``_STOP_REASONS`` (ranks voting for
+    each): the first with a vote, ``""`` when none has one."""
+    for name, n in zip(_STOP_REASONS, votes, strict=True):
+        if n > 0:
+            return name if name == "walltime" else f"signal {name}"
+    return ""
 
 
 def _progress_line(rec: dict, total: int) -> str:

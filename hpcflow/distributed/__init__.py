@@ -10,10 +10,11 @@ Everything that crosses between ranks goes through a :class:`Communicator` made 
     loss.backward()
     comm.allreduce_gradients_(model.parameters())   # one collective per step
     optimizer.step()
+    comm.check_replicas_(model, optimizer)       # now and then: identical bits everywhere
 
 Modules: :mod:`.env` (what the launcher says: rank, size, local rank; pure functions),
-:mod:`.device` (device and threads per rank), :mod:`.comm` (the interface and the backends
-none, mpi, torch, horovod).
+:mod:`.device` (device, threads and float32 precision per rank), :mod:`.comm` (the
+interface and the backends none, mpi, torch, horovod).
 """
 
 from .comm import (
@@ -27,7 +28,13 @@ from .comm import (
     install_abort_hook,
     make_communicator,
 )
-from .device import BackendError, select_device, set_threads
+from .device import (
+    BackendError,
+    select_device,
+    set_deterministic,
+    set_float32_precision,
+    set_threads,
+)
 from .env import LaunchInfo, device_index, launch_info, launched_by_mpi, threads_per_rank
 
 __all__ = [
@@ -42,6 +49,8 @@ __all__ = [
     "abort_all",
     "available_backends",
     "select_device",
+    "set_deterministic",
+    "set_float32_precision",
     "set_threads",
     "LaunchInfo",
     "launch_info",

@@ -27,13 +27,21 @@ Costs and guarantees of :meth:`Communicator.allreduce_mean_`, the call made ever
 
 - one collective per call: all tensors are packed into one flat buffer (float64 if any input is
   float64 or complex128, else float32), reduced, and unpacked. Thousands of small per-tensor
-  collectives would each pay the network latency;
-- float64 in, float64 sums: no precision is lost to the transport;
-- bitwise identical results on every rank. No MPI, NCCL, gloo or Horovod document promises that
-  a sum reduced in a tree or a ring comes out bit-for-bit the same on every rank (in practice
-  it does), so after the reduction every rank hashes the buffer and one 2-element MAX-allreduce
-  compares the hashes; if any rank differs, rank 0's result is broadcast. The check costs one
-  pass over the buffer and one latency; :attr:`Communicator.repairs` counts broadcasts.
+  collectives would each pay the network latency. Whatever else a step must exchange rides in
+  the same buffer (``sums=``, summed rather than averaged): the trainer sends every sample's
+  log weight and its stop votes with the gradients, so that a training step makes ONE
+  collective (hpcflow/app/train.py);
+- float64 in, float64 sums: no precision is lost to the transport.
+
+Bitwise identical replicas: no MPI, NCCL, gloo or Horovod document promises that a sum reduced
+in a tree or a ring comes out bit-for-bit the same on every rank (in practice it does). Ranks
+whose parameters drift apart would silently train different models, and a restart from rank
+0's checkpoint would not continue what the others computed. :meth:`Communicator.check_replicas_`
+hashes the parameters and optimizer state (one pass over them) and compares the hashes with one
+2-element MAX-allreduce; if any rank differs, rank 0's state is broadcast and
+:attr:`Communicator.repairs` counts it. The trainer checks at every checkpoint, where the check
+is also the barrier that makes the ranks wait for rank 0's file, and every
+``distributed.check_every`` steps.
 """
 
 from __future__ import annotations
@@ -143,39 +151,80 @@ def _rows_from_bytes(rows: torch.Tensor, dtype: torch.dtype, rest: tuple[int, ..
     return rows.contiguous().reshape(-1).view(dtype).view(rows.shape[0], *rest)
 
 
-_fp_weights: dict[tuple[int, str], torch.Tensor] = {}
+#: 64-bit words hashed with one weight vector (8 MiB of weights per device, made once)
+_FP_CHUNK = 1 << 20
+_fp_weights: dict[str, torch.Tensor] = {}
 
 
-def _fingerprint(flat: torch.Tensor) -> torch.Tensor:
-    """``[h, ~h]`` (int64) with ``h`` a 64-bit hash of the bits of ``flat`` (float32/64).
+def _fp_weight_vector(device: torch.device) -> torch.Tensor:
+    """``[_FP_CHUNK]`` fixed random odd int64 weights on ``device`` (the same on every rank)."""
+    w = _fp_weights.get(str(device))
+    if w is None:
+        gen = torch.Generator().manual_seed(0x5EED_F1A7)
+        w = torch.randint(-(1 << 63), (1 << 63) - 1, (_FP_CHUNK,), generator=gen,
+                          dtype=torch.int64) | 1
+        _fp_weights[str(device)] = w = w.to(device)
+    return w
 
-    ``h = sum_i w_i * bits_i mod 2^64`` over 64-bit words with fixed random odd weights: two
-    buffers whose words differ below the top bit (any mantissa or exponent difference, e.g. the
-    last-bit differences of differently ordered sums) get different hashes except with
-    probability ~2^-64; so do buffers with one word differing in its top bit alone (a sign).
-    Only an even number of sign-only differences can cancel, which no reduction produces.
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """The bits of ``t`` as 64-bit words ``[ceil(bytes / 8)]`` (int64), zero-padded."""
+    b = _as_bytes(t)
+    pad = -b.numel() % 8
+    if pad or b.storage_offset() % 8:
+        b = torch.cat([b, b.new_zeros(pad)])  # a new, aligned buffer
+    return b.view(torch.int64)
+
+
+def _chunk_multiplier(k: int) -> int:
+    """An odd 64-bit multiplier for the ``k``-th chunk (a Weyl sequence), as a signed int."""
+    m = ((k + 1) * 0x9E3779B97F4A7C15 % (1 << 64)) | 1
+    return m - (1 << 64) if m >= 1 << 63 else m
+
+
+def _fingerprint(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``[h, ~h]`` (int64, on the first tensor's device) with ``h`` a 64-bit hash of the bits
+    of ``tensors`` (any dtypes and devices, in order).
+
+    Each tensor's bytes are read as 64-bit words ``b_i`` (zero-padded) in chunks of
+    ``_FP_CHUNK``; ``h = sum_k m_k sum_i w_i b_ki mod 2^64`` with fixed random odd weights
+    ``w_i`` and odd chunk multipliers ``m_k``. A difference in one word changes ``h`` (an odd
+    weight times a nonzero difference is nonzero mod 2^64); several differences (the last-bit
+    differences of differently ordered sums, a sign) cancel only with probability ~2^-64.
     A MAX-allreduce of ``[h, ~h]`` yields ``[max h, ~min h]``; all ranks agree iff
     ``max h == min h``. (``~h`` rather than ``-h``: no overflow at -2^63.)
     """
-    if flat.numel() * flat.element_size() % 8 == 0:  # float64, or an even number of float32
-        bits = flat.view(torch.int64)  # 64-bit words: half the work of widening float32 words
-    else:
-        bits = flat.view(torch.int32).to(torch.int64)
-    key = (bits.numel(), str(flat.device))
-    w = _fp_weights.get(key)
-    if w is None:
-        gen = torch.Generator().manual_seed(0x5EED_F1A7)
-        w = torch.randint(-(1 << 63), (1 << 63) - 1, (bits.numel(),), generator=gen,
-                          dtype=torch.int64) | 1
-        _fp_weights.clear()  # one buffer size per run in practice; keep memory bounded
-        _fp_weights[key] = w = w.to(flat.device)
-    h = (bits * w).sum()  # int64 arithmetic wraps modulo 2^64
+    h = None
+    k = 0
+    for t in tensors:
+        words = _words(t)
+        w = _fp_weight_vector(words.device)
+        for lo in range(0, words.numel(), _FP_CHUNK):
+            part = words[lo:lo + _FP_CHUNK]
+            # int64 arithmetic wraps modulo 2^64; a Python int multiplier needs no device copy
+            s = (part * w[:part.numel()]).sum() * _chunk_multiplier(k)
+            h = s if h is None else h + s.to(h.device)
+            k += 1
+    if h is None:
+        h = torch.zeros((), dtype=torch.int64)
     return torch.stack([h, torch.bitwise_not(h)])
 
 
 def _agree(fp: torch.Tensor) -> bool:
     """After the MAX-allreduce of :func:`_fingerprint`: did every rank hold the same hash?"""
     return bool(fp[0] == torch.bitwise_not(fp[1]))
+
+
+def _state_tensors(module: torch.nn.Module, optimizer=None) -> list[torch.Tensor]:
+    """Parameters and buffers of ``module``, then the tensors of ``optimizer``'s state (by
+    parameter index and state name): what must be identical on every rank."""
+    tensors = list(module.state_dict().values())
+    if optimizer is not None:
+        state = optimizer.state_dict()["state"]
+        for index in sorted(state):
+            tensors += [v for _, v in sorted(state[index].items())
+                        if isinstance(v, torch.Tensor)]
+    return tensors
 
 
 # ---------------------------------------------------------------------------- the interface
@@ -186,9 +235,8 @@ class Communicator(ABC):
 
     Attributes: ``backend`` (name), ``rank`` (0..size-1), ``size`` (ranks in the job),
     ``local_rank``/``local_size`` (on this node), ``device`` (where this rank computes),
-    ``check_consistency`` (default True: verify that :meth:`allreduce_mean_` gave every rank
-    the same bits; False saves one hash pass and one tiny collective per call), ``repairs``
-    (how often that check had to broadcast rank 0's result).
+    ``repairs`` (how often :meth:`check_replicas_` found ranks that differed and broadcast rank
+    0's state).
 
     Tensors may live on any device; backends move them where their library needs them.
     """
@@ -201,7 +249,6 @@ class Communicator(ABC):
         self.local_rank = 0
         self.local_size = 1
         self.device = torch.device("cpu")
-        self.check_consistency = True
         self.repairs = 0
 
     # -- backend primitives, on tensors that live on ``self._wire`` --------------------------
@@ -247,33 +294,42 @@ class Communicator(ABC):
         """Rank 0: the one that writes files and prints."""
         return self.rank == 0
 
-    def allreduce_mean_(self, tensors: Iterable[torch.Tensor]) -> None:
+    def allreduce_mean_(self, tensors: Iterable[torch.Tensor], *,
+                        sums: torch.Tensor | None = None) -> torch.Tensor | None:
         """Replace each tensor by its mean over ranks, in place, with ONE collective.
 
-        ``tensors``: floating or complex tensors of any shapes, on one device (gradients). The
-        sum runs in float64 if any input is float64/complex128, else float32; each tensor gets
-        the mean cast back to its dtype. The result is bitwise identical on all ranks (module
-        docstring). Integer tensors raise ``TypeError``: a mean of integers is not an integer.
+        ``tensors``: floating or complex tensors of any shapes, on one device (gradients).
+        ``sums``: an optional floating tensor (any shape) whose SUM over ranks is returned,
+        reduced in the same collective: what else a step exchanges travels without a second
+        latency. The sum runs in float64 if any input is float64/complex128, else float32; each
+        tensor gets the mean cast back to its dtype. Integer tensors raise ``TypeError``: a mean
+        of integers is not an integer. With one rank nothing moves and ``sums`` is returned as
+        given.
         """
         tensors = list(tensors)
-        if self.size == 1 or not tensors:
-            _float_buffer_dtype(tensors)  # same TypeError as with several ranks
-            return
-        home = tensors[0].device
+        parts = tensors + ([sums] if sums is not None else [])
+        _float_buffer_dtype(parts)  # the same TypeError with one rank as with several
+        if self.size == 1 or not parts:
+            return sums
+        home = parts[0].device
         # Pack where the tensors live, then move one buffer (one host copy for MPI + GPU).
-        flat = _pack_floats(tensors, home).to(self._wire)
+        flat = _pack_floats(parts, home).to(self._wire)
         self._allreduce_(flat, "sum")
-        flat.div_(self.size)
-        if self.check_consistency:
-            fp = _fingerprint(flat)
-            self._allreduce_(fp, "max")
-            if not _agree(fp):
-                self.repairs += 1
-                self._broadcast_(flat.view(torch.uint8), 0)
-        _unpack_floats_(flat.to(home), tensors)
+        n_mean = flat.numel() - (_real_view(sums).numel() if sums is not None else 0)
+        flat[:n_mean].div_(self.size)
+        flat = flat.to(home)
+        _unpack_floats_(flat[:n_mean], tensors)
+        if sums is None:
+            return None
+        out = torch.empty_like(sums)
+        _unpack_floats_(flat[n_mean:], [out])
+        return out
 
-    def allreduce_gradients_(self, parameters: Iterable[torch.Tensor]) -> None:
-        """Average ``p.grad`` over ranks for every parameter that requires a gradient.
+    def allreduce_gradients_(self, parameters: Iterable[torch.Tensor], *,
+                             sums: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Average ``p.grad`` over ranks for every parameter that requires a gradient; the sum
+        over ranks of ``sums`` rides in the same collective and is returned
+        (:meth:`allreduce_mean_`).
 
         A parameter without a gradient on this rank gets zeros, so that all ranks pack the same
         buffer (a rank whose batch did not reach some layer still takes part).
@@ -285,7 +341,24 @@ class Communicator(ABC):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-        self.allreduce_mean_(grads)
+        return self.allreduce_mean_(grads, sums=sums)
+
+    def check_replicas_(self, module: torch.nn.Module, optimizer=None, root: int = 0) -> bool:
+        """Whether every rank holds bit-identical parameters and buffers of ``module`` and
+        state of ``optimizer``: one hash pass over them and one 2-element MAX-allreduce (module
+        docstring). If not, rank ``root``'s are broadcast to all, :attr:`repairs` is counted and
+        False returned. Also a barrier: no rank returns before every rank called it."""
+        if self.size == 1:
+            return True
+        fp = _fingerprint(_state_tensors(module, optimizer)).to(self._wire)
+        self._allreduce_(fp, "max")
+        if _agree(fp):
+            return True
+        self.repairs += 1
+        self.broadcast_model_(module, root)
+        if optimizer is not None:
+            self.broadcast_optimizer_(optimizer, root)
+        return False
 
     def allreduce_sum(self, x):
         """Sum over ranks of ``x``: a Python number, a NumPy array or a tensor (any shape);

@@ -1,19 +1,30 @@
-"""Which device a rank computes on, and how many CPU threads it uses.
+"""Which device a rank computes on, how many CPU threads it uses, and how exactly it computes.
 
 One rank per accelerator is the layout of every launch script in ``launch/``: 12 XPU tiles per
 Aurora node, 4 A100 per Polaris or Perlmutter node, 8 MI250X dies per Frontier node. The rank
 picks its device from its local rank (:func:`hpcflow.distributed.env.device_index`) and makes it the
 current device, so that later ``torch.cuda``/``torch.xpu`` calls without an index, NCCL and
 oneCCL all use it.
+
+Precision policy (:func:`set_float32_precision`, :func:`set_deterministic`): float32 matrix
+products and convolutions run in full float32 on GPUs unless ``distributed.tf32`` allows
+TensorFloat-32, and ``train.deterministic`` also pins what CUDA needs for repeatable numbers.
+Both only set flags, so CPU runs are unaffected.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .env import device_index, threads_per_rank
 
-__all__ = ["BackendError", "accelerator_available", "select_device", "set_threads"]
+__all__ = ["BackendError", "accelerator_available", "select_device", "set_deterministic",
+           "set_float32_precision", "set_threads"]
+
+#: cuBLAS workspace setting that makes its results repeatable (PyTorch, "Reproducibility")
+CUBLAS_DETERMINISTIC = ":4096:8"
 
 
 class BackendError(RuntimeError):
@@ -69,3 +80,48 @@ def set_threads(requested: int, local_size: int) -> int:
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def set_float32_precision(tf32: bool) -> None:
+    """Allow (``tf32``) or forbid TensorFloat-32 in float32 matrix products (cuBLAS) and
+    convolutions (cuDNN) of this process; the setting of ``distributed.tf32``.
+
+    TF32 keeps 10 of float32's 23 mantissa bits (relative error ~5e-4 per product) on NVIDIA
+    Ampere and later GPUs. A flow's ``log q`` sums the log-determinants of all layers, and the
+    importance weights ``exp(-S - log q)`` amplify its errors, so hpcflow computes in full
+    float32 unless asked; torch itself enables TF32 for cuDNN convolutions by default.
+
+    Sets ``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32`` and
+    ``torch.set_float32_matmul_precision`` (``high`` with TF32, else ``highest``), the flags
+    that PyTorch's CUDA notes ("TensorFloat-32 (TF32) on Ampere (and later) devices") name; on
+    other devices they change nothing. Only these (older) flags: torch >= 2.9 also has
+    ``fp32_precision`` attributes, and refuses to read flags set through a mix of both.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def set_deterministic(enabled: bool = True) -> str | None:
+    """Make this process's kernels deterministic (``train.deterministic``); returns the line to
+    log, or None when ``enabled`` is False (then nothing changes).
+
+    ``torch.use_deterministic_algorithms(True)`` (an operation without a deterministic
+    implementation then raises), ``torch.backends.cudnn.deterministic = True`` and
+    ``torch.backends.cudnn.benchmark = False`` (no autotuner choosing different convolution
+    algorithms in different runs), and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment
+    unless already set (cuBLAS reads it when its first handle is made, so call this before the
+    first matrix product on the GPU; the trainer does, before it builds the model).
+    """
+    if not enabled:
+        return None
+    preset = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if not preset:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    origin = "from the environment" if preset else "set for cuBLAS"
+    return ("deterministic: torch.use_deterministic_algorithms(True), cuDNN deterministic, "
+            f"cuDNN benchmark off, CUBLAS_WORKSPACE_CONFIG="
+            f"{os.environ['CUBLAS_WORKSPACE_CONFIG']} ({origin})")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..lattice.loops import Path, gathered_product, path_indices, path_product
+from ..lattice.loops import Path, path_indices, path_table, table_product
 from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
@@ -56,10 +56,11 @@ class GaugeCoupling(nn.Module):
     """One coupling layer: context from frozen loops, transform of active loops, link update.
 
     Works on the internal link form ``x: [B, Nd, *L, *E]`` of ``link_transform`` (U(1): angles).
-    Frozen loops are evaluated at every site by the path walker; the active loops of an update,
-    tabulated once at construction (:func:`path_indices`), by one gather
-    (:func:`gathered_product`), and all active links of the update move together in one
-    transform call and one ``index_copy``.
+    Every loop the layer reads is tabulated once at construction (:func:`path_table`): the
+    frozen loops of the context at every site, masked where they hold an active link, and the
+    active loops of each update. A loop family then costs one gather and ``len - 1`` products
+    for the whole batch (:func:`table_product`), whatever the number of loop shapes, and all
+    active links of an update move together in one transform call and one ``index_copy``.
     """
 
     def __init__(self, plan: CouplingPlan, link_transform: LinkTransform, net: nn.Module):
@@ -73,71 +74,80 @@ class GaugeCoupling(nn.Module):
         self.lattice = lattice
         volume = math.prod(lattice)
         # Tables are buffers: they follow the module to its device; not saved in checkpoints.
-        for j, (_, sites) in enumerate(plan.features):
-            self._buffer(f"feature_sites_{j}", sites.clone())
+        self._buffer("feature_table", path_table(self.feature_paths, lattice))
+        self._buffer("feature_off", torch.stack([~s.reshape(volume) for _, s in plan.features])
+                     .view(1, len(plan.features), 1, volume))
         # Update k: active loops of every assignment, the links they move, their parameters.
         for k, update in enumerate(plan.updates):
-            index, backward, links, params = [], [], [], []
+            links, params = [], []
             for a in update:
-                i, b = path_indices(a.path, lattice, a.sites)
+                i, _ = path_indices(a.path, lattice, a.sites)
                 site = i[:, 0] - a.mu * volume  # the first step is the active link itself
-                index.append(i)
-                backward.append(b)
                 links.append(i[:, 0])
                 params.append((k * len(self.directions) + self.directions.index(a.mu)) * volume
                               + site)
-            self._buffer(f"update_index_{k}", torch.cat(index))
-            self._buffer(f"update_backward_{k}", torch.cat(backward))
+            self._buffer(f"update_table_{k}", path_table([a.path for a in update], lattice,
+                                                         [a.sites for a in update]))
             self._buffer(f"update_links_{k}", torch.cat(links))
             self._buffer(f"update_params_{k}", torch.cat(params))
 
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
 
-    def context(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform parameters ``[B, K * len(directions) * V, P]`` from the frozen loops
-        (row ``(k * D + d) * V + site``: update ``k``, direction ``directions[d]``).
-
-        Frozen loops are needed at every site: the roll-based walker (contiguous copies) beats
-        a gather there on CPUs by ~5x on 4D lattices.
-        """
+    def _context(self, extended: torch.Tensor) -> torch.Tensor:
+        """Transform parameters ``[B, K * len(directions) * V, P]`` from the frozen loops of the
+        extended links (row ``(k * D + d) * V + site``: update ``k``, direction
+        ``directions[d]``)."""
         lt = self.link_transform
-        feats = []
-        for j, path in enumerate(self.feature_paths):
-            w = path_product(x, path, lt.algebra)
-            sites = getattr(self, f"feature_sites_{j}")
-            f = lt.loop_features(w)
-            feats.append(f * sites.to(f.dtype))
-        out = self.net(torch.cat(feats, dim=1))  # [B, K * D * P, *L]
-        b = out.shape[0]
-        return out.reshape(b, -1, lt.n_params, math.prod(self.lattice)).transpose(2, 3) \
-            .reshape(b, -1, lt.n_params)
+        b, volume = extended.shape[0], math.prod(self.lattice)
+        w = table_product(extended, self.feature_table, lt.algebra)  # [B, F * V, *E]
+        f = lt.loop_features(w.view(b, len(self.feature_paths), volume, *w.shape[2:]))
+        f = f.transpose(1, 2).masked_fill(self.feature_off, 0.0)  # [B, F, C, V]
+        out = self.net(f.reshape(b, -1, *self.lattice))  # [B, K * D * P, *L]
+        return out.view(b, -1, lt.n_params, volume).transpose(2, 3).reshape(b, -1, lt.n_params)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x -> (x', log|det J|)``; ``log|det J|: [B]``."""
-        return self._run(x, inverse=False)
+        return (self._compiled or self._run)(x, inverse=False)
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x' -> (x, log|det J^-1|)``: the updates in reverse order, each inverted."""
-        return self._run(x, inverse=True)
+        return (self._compiled or self._run)(x, inverse=True)
+
+    _compiled = None
+
+    def compile_maps(self, **options) -> None:
+        """Run the layer's maps through ``torch.compile(fullgraph=True, dynamic=False)`` from
+        now on: one graph per direction and batch shape, no graph breaks (so no host
+        synchronization inside a layer). ``options``: inductor settings. The generated CPU
+        loops run on one thread (``cpp.threads = 1``; library calls such as convolutions keep
+        torch's threads): with torch 2.13 a multi-threaded generated backward kernel of these
+        layers crashed (segmentation fault) with 2 threads on a CPU."""
+        self._compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
+                                       options={"cpp.threads": 1, **options})
 
     def _run(self, x, *, inverse: bool):
         lt = self.link_transform
-        params = self.context(x)
         shape = x.shape
         flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
-        logdet = x.new_zeros(shape[0], dtype=params.dtype)
+        extended = lt.algebra.extend(flat)
+        params = self._context(extended)
+        logdet = None
         order = range(self.n_updates - 1, -1, -1) if inverse else range(self.n_updates)
-        for k in order:
+        for n, k in enumerate(order):
             # Every loop of update k is read from the links before the update: no active loop
             # holds another link of the layer, so all of them move at once.
+            if n > 0:
+                extended = lt.algebra.extend(flat)
             links = getattr(self, f"update_links_{k}")
-            w = gathered_product(flat, getattr(self, f"update_index_{k}"),
-                                 getattr(self, f"update_backward_{k}"), lt.algebra)
+            w = table_product(extended, getattr(self, f"update_table_{k}"), lt.algebra)
             p = params.index_select(1, getattr(self, f"update_params_{k}"))
             w_new, log_j = lt.transform(w, p, inverse=inverse)
             flat = flat.index_copy(1, links, lt.update_link(flat.index_select(1, links), w, w_new))
-            logdet = logdet + log_j.sum(-1)
+            log_j = log_j.sum(-1)
+            logdet = log_j if logdet is None else logdet + log_j
+        if logdet is None:
+            logdet = x.new_zeros(shape[0], dtype=params.dtype)
         return flat.reshape(shape), logdet
 
 

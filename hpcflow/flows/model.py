@@ -42,6 +42,15 @@ class GaugeFlow(nn.Module):
         intermediates (activation checkpointing): memory of one layer instead of all, at the
         price of a second forward pass (``train.recompute_layers``)."""
 
+    def compile_layers(self, **options) -> GaugeFlow:
+        """Compile every coupling layer's maps (:meth:`GaugeCoupling.compile_maps`; config key
+        ``distributed.compile``). Results equal the eager ones to rounding; the first pass of
+        each direction and batch shape pays the compilation (seconds to a minute on a CPU,
+        cached on disk by torch afterwards)."""
+        for layer in self.layers:
+            layer.compile_maps(**options)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -107,29 +116,32 @@ def plan_from_layer(layer) -> CouplingPlan:
                         directions=tuple(layer.pattern.directions))
 
 
-def make_link_transform(group: Group, kind: str = "spline", bins: int = 8) -> LinkTransform:
+def make_link_transform(group: Group, kind: str = "spline", bins: int = 8,
+                        eig: str = "closed") -> LinkTransform:
     """The transform family of a group: U(1) circular splines (``kind="spline"``) or NCP
-    mixtures (``"ncp"``); SU(2)/SU(3) spectral splines. Other choices raise ``ValueError``."""
+    mixtures (``"ncp"``); SU(2)/SU(3) spectral splines with the eigen-decomposition ``eig``
+    (``"closed"`` or ``"eigh"``). Other choices raise ``ValueError``."""
     if group.nc == 1:
         return U1Transform(kind, bins)
     if kind != "spline":
         raise ValueError(f"the {kind!r} transform exists for U(1) only; SU(N) flows use "
                          "spectral splines")
-    return SUNTransform(group, bins)
+    return SUNTransform(group, bins, eig=eig)
 
 
 def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", bins: int = 8,
                hidden: Sequence[int] = (32, 32), kernel_size: int = 3,
                activation: str = "tanh", conv: str = "full", rank: int = 8,
-               dtype: torch.dtype = torch.float32) -> GaugeFlow:
+               dtype: torch.dtype = torch.float32, eig: str = "closed") -> GaugeFlow:
     """An untrained flow on the lattice of ``schedule`` (:func:`hpcflow.masks.build_schedule`):
     one coupling layer per mask layer, each with its context network
     (:func:`hpcflow.nn.build_context_net` with ``hidden``, ``kernel_size``, ``activation``,
-    ``conv``, ``rank``). The last layer of every context network starts at zero, so a new flow
-    is the identity map and its ``log q`` is exactly zero.
+    ``conv``, ``rank``); ``eig``: the SU(N) eigen-decomposition (:func:`make_link_transform`).
+    The last layer of every context network starts at zero, so a new flow is the identity map
+    and its ``log q`` is exactly zero.
     """
     shape = tuple(schedule.shape)
-    link_transform = make_link_transform(group, transform, bins)
+    link_transform = make_link_transform(group, transform, bins, eig)
     layers = []
     for layer in schedule.layers:
         plan = plan_from_layer(layer)
@@ -137,6 +149,6 @@ def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", b
         out_ch = len(plan.updates) * len(plan.directions) * link_transform.n_params
         net = build_context_net(len(shape), in_ch, out_ch, hidden=tuple(hidden),
                                 kernel_size=kernel_size, activation=activation, conv=conv,
-                                rank=rank, dtype=dtype)
+                                rank=rank, dtype=dtype, lattice=shape)
         layers.append(GaugeCoupling(plan, link_transform, net))
     return GaugeFlow(group, shape, link_transform, layers, dtype=dtype)

@@ -13,9 +13,9 @@ eigenvectors. The log-Jacobian with respect to the Haar measure is (Weyl integra
 
 Pieces, top to bottom:
 
-- :func:`unitary_eig`: eigen-decomposition with orthonormal ``V`` from one batched Hermitian
-  ``eigh`` and a hand-written backward whose eigenvalue gaps are clamped (stable at centre
-  elements and at the identity);
+- :func:`unitary_eig`: eigen-decomposition with orthonormal ``V`` in closed form
+  (:mod:`hpcflow.lattice.eigen`; a batched Hermitian ``eigh`` on request) and a hand-written
+  backward whose eigenvalue gaps are clamped (stable at centre elements and at the identity);
 - :func:`su2_spectral`: SU(2), one angle ``theta in [0, pi]``, ``interval_rqs`` with fixed ends;
 - :func:`su3_spectral`: SU(3), the canonical cell mapped to the unit square ``(w, r)`` and two
   coupling steps of ``interval_rqs`` whose parameters are short trigonometric series in the
@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 
+from ..lattice.eigen import closed_form_eig, eigh_eig, in_inference_mode
 from ..lattice.groups import SUN, Group
 from .splines import interval_rqs, n_params_interval
 from .transforms import LinkTransform
@@ -55,58 +57,40 @@ _TWO_PI = 2.0 * math.pi
 # ------------------------------------------------------------------------------------------------
 
 
-def _hermitian_of(w: torch.Tensor) -> torch.Tensor:
-    """A Hermitian matrix with the eigenvectors of the unitary ``w: [..., N, N]`` (N = 2, 3).
-
-    ``H = (e^{-i a} W - e^{i a} W^dagger) / 2i`` has eigenvalues ``sin(phi_k - a)``. Two of them
-    coincide although ``phi_i != phi_j`` iff ``phi_i + phi_j = pi + 2a (mod 2 pi)``, which for
-    ``det W = 1`` means: N = 2, ``a = pi/2``; N = 3, ``W`` has the eigenvalue ``z_a = -e^{-2ia}``.
-    N = 2 takes ``a = 0``. N = 3 takes, per matrix, the ``a in {0, pi/3, 2 pi/3}`` with the largest
-    ``|det(z_a - W)| = |z^3 - t z^2 + conj(t) z - 1|`` (``t = tr W``). The three ``z_a`` are 120
-    degrees apart and three eigenvalues with zero angle sum cannot all sit near different ones,
-    so no spurious degeneracy remains: every gap of ``H`` is at least half the corresponding
-    gap ``|lambda_i - lambda_j|`` of ``W`` (measured on a 1000^2 grid of the eigen-angle torus;
-    exactly equal for N = 2).
-    """
-    n = w.shape[-1]
-    wd = w.conj().transpose(-1, -2)
-    if n == 2:
-        return (w - wd) / 2j
-    t = w.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None]
-    a = torch.arange(3, dtype=w.real.dtype, device=w.device) * (math.pi / 3.0)
-    z = -torch.polar(torch.ones_like(a), -2.0 * a)
-    char = ((z - t) * z + t.conj()) * z - 1.0
-    best = char.abs().argmax(dim=-1)
-    phase = torch.polar(torch.ones_like(best, dtype=a.dtype), -a[best])[..., None, None]
-    return (phase * w - phase.conj() * wd) / 2j
+_EIG_METHODS = {"closed": closed_form_eig, "eigh": eigh_eig}
 
 
 class _UnitaryEig(torch.autograd.Function):
-    """``W -> (phi, V)`` with ``W = V diag(exp(i phi)) V^dagger``; backward written out.
+    """``(W, method) -> (phi, V)`` with ``W = V diag(exp(i phi)) V^dagger``; backward written out.
+
+    Forward: :func:`~hpcflow.lattice.eigen.closed_form_eig` (``method="closed"``) or
+    :func:`~hpcflow.lattice.eigen.eigh_eig` (``"eigh"``). The backward below uses only
+    ``(phi, V)``, so it serves both; for the losses of the flow it does not depend on which
+    orthonormal eigenvectors the forward chose, except inside the gap clamp described below
+    (there the damped gradient, an approximation either way, depends on the basis chosen in a
+    nearly degenerate eigenspace, so the two methods differ).
 
     Backward, for tangent perturbations ``dW = W X`` (``X`` anti-Hermitian; the only directions
     in which a group element moves), with ``Y = V^dagger X V``, ``lambda = exp(i phi)``,
     ``K = V^dagger dL/dV``: ``d phi_i = Im Y_ii`` and ``dV = V C``,
-    ``C_ij = lambda_i Y_ij / (lambda_j - lambda_i)`` (i != j). Then
-    ``dL/dW = W V N V^dagger`` with ``N_ii = i dL/dphi_i`` and
-    ``N_ij = -lambda_j (K - K^dagger)_ij / (2 (lambda_j - lambda_i))``.
-    ``(K - K^dagger)_ij`` vanishes with ``lambda_j - lambda_i`` for every loss that depends on
+    ``C_ij = lambda_i Y_ij / (lambda_j - lambda_i)`` (i != j). Then ``dL/dW = V F V^dagger``
+    with ``F_ii = i lambda_i dL/dphi_i`` and, with ``d_ij = lambda_j - lambda_i`` and
+    ``|lambda| = 1``, ``F_ij = (K - K^dagger)_ij / (2 conj(d_ij))``.
+    ``(K - K^dagger)_ij`` vanishes with ``d_ij`` for every loss that depends on
     ``V`` only through ``V f(phi) V^dagger`` (the spectral flow), so the quotient is bounded; it is
-    evaluated as ``conj(d) / max(|d|^2, eps)``: the gap is clamped at ``sqrt(eps)`` (1.5e-8 in
+    evaluated as ``d / max(|d|^2, eps)``: the gap is clamped at ``sqrt(eps)`` (1.5e-8 in
     float64, 3.5e-4 in float32) where rounding of ``K`` would otherwise be amplified without
     bound (NaN at exact degeneracy). Inside the clamp the off-diagonal gradient is damped by
     ``|d|^2 / eps``; under Haar measure that region has probability ~ eps^(3/2).
     The phase of each eigenvector (``C_ii``) is left out: the flow does not depend on it.
+    Products are ``bmm`` of the flattened batch: one kernel each.
     """
 
     generate_vmap_rule = True  # so that jacobian(..., vectorize=True) works through it
 
     @staticmethod
-    def forward(w):
-        _, v = torch.linalg.eigh(_hermitian_of(w))
-        # Rayleigh quotients: the eigenvalues of W for the orthonormal eigenvectors from eigh
-        lam = (v.conj().transpose(-1, -2) @ w @ v).diagonal(dim1=-2, dim2=-1)
-        return torch.angle(lam), v
+    def forward(w, method):
+        return _EIG_METHODS[method](w)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -115,44 +99,132 @@ class _UnitaryEig(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_phi, g_v):
         phi, v = ctx.saved_tensors
-        lam = torch.polar(torch.ones_like(phi), phi)
-        vh = v.conj().transpose(-1, -2)
-        n_mat = torch.zeros_like(v)
+        n = v.shape[-1]
+        vf = v.reshape(-1, n, n)
+        vh = vf.mH
+        phi = phi.reshape(-1, n)
+        ilam = torch.polar(torch.ones_like(phi), phi + math.pi / 2)  # i lambda
+        if g_phi is None:
+            f = torch.zeros_like(vf)
+        else:
+            f = torch.diag_embed(ilam * g_phi.reshape(phi.shape))
         if g_v is not None:
-            k = vh @ g_v
-            skew = 0.5 * (k - k.conj().transpose(-1, -2))
-            gap = lam[..., None, :] - lam[..., :, None]  # gap_ij = lambda_j - lambda_i
-            eps = torch.finfo(phi.dtype).eps
-            inv_gap = gap.conj() / (gap.real**2 + gap.imag**2).clamp_min(eps)  # 0 on the diagonal
-            n_mat = -lam[..., None, :] * inv_gap * skew
-        if g_phi is not None:
-            n_mat = n_mat + torch.diag_embed(1j * g_phi.to(v.dtype))
-        return v @ (lam[..., :, None] * n_mat) @ vh
+            k = torch.bmm(vh, g_v.reshape(-1, n, n))
+            gap = ilam[:, None, :] - ilam[:, :, None]  # i d_ij, 0 on the diagonal
+            den = gap.abs().square().clamp_min(torch.finfo(phi.dtype).eps)
+            f = torch.addcdiv(f, (k - k.mT.conj_physical()) * gap, den, value=-0.5j)
+        return torch.bmm(torch.bmm(vf, f), vh).view(v.shape), None
 
 
-def unitary_eig(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def unitary_eig(w: torch.Tensor, method: str = "closed") -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition of SU(2) or SU(3) matrices, differentiable and stable at degeneracy.
 
-    ``w: [..., N, N]`` (complex, unitary, det 1) -> ``phi: [..., N]`` real in ``(-pi, pi]`` and
+    ``w: [..., N, N]`` (complex, unitary, det 1) -> ``phi: [..., N]`` real in ``[-pi, pi]`` and
     ``V: [..., N, N]`` unitary with ``w = V diag(exp(i phi)) V^dagger``.
 
-    Why this route: ``V`` comes from ``torch.linalg.eigh`` of a Hermitian matrix with the same
-    eigenvectors (batched on CPU and GPU, orthonormal by construction, ~3x faster than
-    ``torch.linalg.eig`` on CPU for 3x3), ``phi`` from the Rayleigh quotients. Autograd through
-    ``eigh`` would divide by gaps of the Hermitian spectrum and return inf/NaN at centre elements
-    and at the identity, so the backward is written out for the unitary matrix with clamped gaps
-    (see :class:`_UnitaryEig`). Eigenvector phases are arbitrary; the flow never depends on them.
+    ``method="closed"`` (default): closed forms, a few dozen batched operations
+    (:func:`~hpcflow.lattice.eigen.su2_eig`, :func:`~hpcflow.lattice.eigen.su3_eig`; no LAPACK
+    or cuSOLVER call, which for batches of tiny matrices is slow on GPUs and missing on some
+    accelerators). ``method="eigh"``: ``torch.linalg.eigh`` of a Hermitian matrix with the same
+    eigenvectors and Rayleigh quotients (:func:`~hpcflow.lattice.eigen.eigh_eig`), kept as the
+    reference. Both reconstruct ``w`` to rounding, also at and near the centre elements.
+    Autograd through either would divide by eigenvalue gaps and return inf/NaN at centre
+    elements and at the identity, so the backward is written out for the unitary matrix with
+    clamped gaps (see :class:`_UnitaryEig`). Eigenvector phases, the order of the eigenpairs and
+    the basis of a degenerate eigenspace are arbitrary (and differ between the methods); the flow
+    depends on none of them.
     """
     n = w.shape[-1]
     if n not in (2, 3):
         raise ValueError(f"unitary_eig: supports N = 2 and 3, got N = {n}")
-    return _UnitaryEig.apply(w)
+    if method not in _EIG_METHODS:
+        raise ValueError(f"unitary_eig: method must be one of {sorted(_EIG_METHODS)}, "
+                         f"got {method!r}")
+    return _UnitaryEig.apply(w, method)
 
 
 def from_eig(phi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``V diag(exp(i phi)) V^dagger``: ``phi [..., N]``, ``v [..., N, N]`` -> ``[..., N, N]``."""
-    lam = torch.polar(torch.ones_like(phi), phi).to(v.dtype)
-    return (v * lam[..., None, :]) @ v.conj().transpose(-1, -2)
+    return _FromEig.apply(phi, v)
+
+
+class _FromEig(torch.autograd.Function):
+    """:func:`from_eig` with its backward written out (autograd's would copy every conjugated
+    operand). With ``Lambda = diag(exp(i phi))``, ``G = dL/dW'``:
+    ``dL/dV = G V conj(Lambda) + G^dagger V Lambda``,
+    ``dL/dphi_k = Im(conj(lambda_k) (V^dagger G V)_kk)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(phi, v):
+        n = v.shape[-1]
+        vf = v.reshape(-1, n, n)
+        return torch.bmm(vf * _phases(phi, v), vf.mH).view(v.shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        phi, v = ctx.saved_tensors
+        n = v.shape[-1]
+        vf, gf = v.reshape(-1, n, n), g.reshape(-1, n, n)
+        lam = _phases(phi, v)
+        gv = torch.bmm(gf, vf) * lam.conj_physical()
+        g_phi = g_v = None
+        if ctx.needs_input_grad[0]:
+            g_phi = (vf.conj_physical() * gv).sum(-2).imag.to(phi.dtype).reshape(phi.shape)
+        if ctx.needs_input_grad[1]:
+            g_v = torch.addcmul(gv, torch.bmm(gf.mH, vf), lam).view(v.shape)
+        return g_phi, g_v
+
+
+def _phases(phi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``exp(i phi): [M, 1, N]`` in the dtype of ``v``."""
+    return torch.exp(phi * 1j).to(v.dtype).reshape(-1, 1, v.shape[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Constants
+# ------------------------------------------------------------------------------------------------
+
+
+class _Constants(NamedTuple):
+    """Small constant tensors of the spectral maps, made once per dtype and device: a tensor
+    built from Python numbers is an operation (on a GPU a host-to-device copy) on every call."""
+
+    half: torch.Tensor  # 0.5 (0-dim): fallbacks of the 0/0 ratios
+    edge: dict  # N -> [N]: 2k/(N-1) - 1 (sorted_angles)
+    cell: tuple  # [3] each: (x, y, z) / w = c_0 + r c_1 (su3_from_cell)
+    unit_pair: tuple  # [2] each: (g, 1 - g) = c_0 + c_1 2 pi g (su3_cell, su2_spectral)
+    su2_sign: torch.Tensor  # [2]: (-theta, theta) from theta
+    su2_log_j: torch.Tensor  # [6]: weights of the logs in _su2_log_j
+    su3_log_j: torch.Tensor  # [18]: weights of the logs in _su3_log_j
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(dtype: torch.dtype, device: torch.device, inference: bool) -> _Constants:
+    # ``inference`` keys the cache (see hpcflow.lattice.eigen.in_inference_mode)
+    def put(values):
+        return torch.tensor(values, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    third = 2.0 * math.pi / 3.0
+    return _Constants(
+        half=put(0.5),
+        edge={2: put([-1.0, 1.0]), 3: put([-1.0, 0.0, 1.0])},
+        cell=(put([-third, -third, 2.0 * third]), put([-third, 2.0 * third, -third])),
+        unit_pair=(put([0.0, 1.0]), put([1.0 / _TWO_PI, -1.0 / _TWO_PI])),
+        su2_sign=put([-1.0, 1.0]),
+        su2_log_j=put([2.0, 2.0, 2.0, -2.0, -2.0, 2.0]),
+        su3_log_j=put([7.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, -2.0, -2.0, -2.0,
+                       -2.0, -2.0, -2.0, 2.0, 2.0, 2.0]),
+    )
+
+
+def _const(x: torch.Tensor) -> _Constants:
+    return _constants(x.dtype, x.device, in_inference_mode())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,11 +242,10 @@ def sorted_angles(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``sum s = 0`` (up to rounding) and ``s[-1] - s[0] <= 2 pi``, and ``perm: [..., N]`` (int64).
     """
     s, perm = torch.sort(phi, dim=-1)
-    n = torch.round(s.sum(-1, keepdim=True) / _TWO_PI).clamp(-1.0, 1.0)
-    shift = torch.zeros_like(s)
-    shift[..., -1:] -= _TWO_PI * (n > 0).to(s.dtype)
-    shift[..., :1] += _TWO_PI * (n < 0).to(s.dtype)
-    s, again = torch.sort(s + shift, dim=-1)
+    n = torch.round(s.detach().sum(-1, keepdim=True) * (1.0 / _TWO_PI)).clamp(-1.0, 1.0)
+    # the angle k that moves has edge_k = 2k/(N-1) - 1 = n: relu(n edge) is 1 there, else 0
+    s = torch.addcmul(s, n, torch.relu(n * _const(s).edge[s.shape[-1]]), value=-_TWO_PI)
+    s, again = torch.sort(s, dim=-1)
     return s, perm.gather(-1, again)
 
 
@@ -194,19 +265,30 @@ def su3_cell(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     elements ``exp(+-2 pi i / 3) 1``. Edges ``r = 0``, ``r = 1``, ``w = 1``: two equal eigenvalues.
     Area element on the plane: ``d phi_1 d phi_2 = (4 pi^2 / 3) w dw dr``.
     """
-    x, y, z = s.unbind(-1)
-    span = z - x
-    pos = span > 0
-    w = _clamp01(span / _TWO_PI)
-    r = torch.where(pos, (y - x) / torch.where(pos, span, torch.ones_like(span)), 0.5)
-    return w, _clamp01(r)
+    w, r = _su3_cell_pairs(s)
+    return w[..., 0], r[..., 0]
+
+
+def _su3_cell_pairs(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`su3_cell` as pairs ``W = (w, 1 - w)``, ``R = (r, 1 - r)``, each ``[..., 2]``.
+
+    The spline maps and the Weyl ratios below need each coordinate and its distance to 1 with
+    relative precision: ``1 - r = (z - y) / (z - x)`` is a ratio of gaps too.
+    """
+    c = _const(s)
+    gaps = s[..., 1:] - s[..., :-1]  # (y - x, z - y)
+    span = gaps.sum(-1, keepdim=True)  # z - x
+    w = _clamp01(torch.addcmul(c.unit_pair[0], span, c.unit_pair[1]))  # (w, 1 - w)
+    return w, _safe_div(gaps, span, c.half)
 
 
 def su3_from_cell(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`su3_cell`: ``y = (4 pi / 3) w (r - 1/2)``, ``z = -y/2 + pi w``,
-    ``x = -y/2 - pi w``; returns ``(x, y, z): [..., 3]``, sorted, zero sum."""
-    y = (4.0 * math.pi / 3.0) * w * (r - 0.5)
-    return torch.stack([-0.5 * y - math.pi * w, y, -0.5 * y + math.pi * w], dim=-1)
+    ``x = -y/2 - pi w``; returns ``(x, y, z): [..., 3]``, sorted, zero sum.
+
+    Written as ``w (c_0 + r c_1)`` with constant ``c_0, c_1`` (whose entries sum to 0)."""
+    c0, c1 = _const(w).cell
+    return w[..., None] * torch.addcmul(c0, r[..., None], c1)
 
 
 def _clamp01(x: torch.Tensor) -> torch.Tensor:
@@ -214,74 +296,88 @@ def _clamp01(x: torch.Tensor) -> torch.Tensor:
     return x + (x.clamp(0.0, 1.0) - x).detach()
 
 
+def _safe_div(num: torch.Tensor, den: torch.Tensor, limit) -> torch.Tensor:
+    """``num / den`` where ``den > sqrt(tiny)``, and ``limit`` (the value of the ratio as ``den``
+    vanishes) elsewhere; the division never sees a zero, so neither branch's gradient is NaN."""
+    small = den <= torch.finfo(den.dtype).tiny ** 0.5
+    return torch.where(small, limit, num / (den + small))
+
+
 # ------------------------------------------------------------------------------------------------
 # Interval splines evaluated from the nearer end
 # ------------------------------------------------------------------------------------------------
 
 
-def _reflect(params: torch.Tensor, bins: int) -> torch.Tensor:
-    """``interval_rqs`` parameters of the reflected map ``u -> upper - f(upper - u)``: widths,
-    heights and the K+1 slopes in reverse order (the rational-quadratic interpolant of
-    reflected knots and slopes is the reflected interpolant)."""
+@functools.lru_cache(maxsize=32)
+def _reflection(bins: int, device: torch.device, inference: bool) -> torch.Tensor:
+    """Index table ``[2, 3K + 1]``: row 0 the identity, row 1 the reflected spline's parameter
+    order."""
     k = bins
-    return torch.cat([params[..., :k].flip(-1), params[..., k : 2 * k].flip(-1),
-                      params[..., 2 * k :].flip(-1)], dim=-1)
+    rev = [*range(k - 1, -1, -1), *range(2 * k - 1, k - 1, -1), *range(3 * k, 2 * k - 1, -1)]
+    return torch.tensor([list(range(3 * k + 1)), rev], device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_tables(upper: float, dtype: torch.dtype, device: torch.device,
+                 inference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``offset, sign: [2, 2]`` with ``offset[f] + y sign[f] = (y, upper - y)`` for ``f = 0`` and
+    ``(upper - y, y)`` for ``f = 1``."""
+    def put(values):
+        return torch.tensor(values, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    return put([[0.0, upper], [upper, 0.0]]), put([[1.0, -1.0], [-1.0, 1.0]])
 
 
 def _interval_map(
     x: torch.Tensor, params: torch.Tensor, upper: float, inverse: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``interval_rqs`` on ``[0, upper]`` returning ``(y, upper - y, log dy/dx)``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``interval_rqs`` on ``[0, upper]`` for the pair ``x = (x, upper - x): [..., 2]``, returning
+    the pair ``(y, upper - y): [..., 2]`` and ``log dy/dx: [...]``.
 
     Points in the upper half are mapped through the reflected spline
-    (``upper - y = g(upper - x)``), so that ``upper - y`` keeps its relative precision next to
-    ``upper`` as ``y`` does next to 0: the Weyl ratios below divide such small distances.
+    (``upper - y = g(upper - x)``; its ``interval_rqs`` parameters are the widths, heights and
+    the K+1 slopes in reverse order), so that ``upper - y`` keeps its relative precision next
+    to ``upper`` as ``y`` does next to 0: the Weyl ratios below divide such small distances.
     """
-    bins = (params.shape[-1] - 1) // 3
-    x, params = torch.broadcast_tensors(x[..., None], params.to(x.dtype))
-    x = x[..., 0]
-    flip = x > 0.5 * upper
-    xx = torch.where(flip, upper - x, x)
-    pp = torch.where(flip[..., None], _reflect(params, bins), params)
-    yy, ld = interval_rqs(xx, pp, lower=0.0, upper=upper, inverse=inverse)
-    return torch.where(flip, upper - yy, yy), torch.where(flip, yy, upper - yy), ld
+    inference = in_inference_mode()
+    index = _reflection((params.shape[-1] - 1) // 3, params.device, inference)
+    offset, sign = _pair_tables(upper, x.dtype, x.device, inference)
+    near, flip = x.min(-1)  # the nearer end: flip = 1 where upper - x < x
+    if params.shape[:-1] != near.shape:
+        shape = torch.broadcast_shapes(near.shape, params.shape[:-1])
+        near, flip = near.expand(shape), flip.expand(shape)
+        params = params.expand(*shape, params.shape[-1])
+    yy, ld = interval_rqs(near, params.to(x.dtype).gather(-1, index[flip]), lower=0.0,
+                          upper=upper, inverse=inverse)
+    # (yy, upper - yy), or (upper - yy, yy) where flipped
+    return torch.addcmul(offset[flip], yy[..., None], sign[flip]), ld
 
 
 # ------------------------------------------------------------------------------------------------
 # Weyl-density ratios, written to survive degenerate eigenvalues
 # ------------------------------------------------------------------------------------------------
+#
+# For a gap a in [0, 1] (a fraction of 2 pi; pi for SU(2)) mapped to a', the Haar density needs
+# log(sin(pi a') / sin(pi a)) = log(a'/a) + log((1 - a')/(1 - a)) + log G(a') - log G(a), with
+# sin(pi a) = pi a (1 - a) G(a); G is smooth and positive on [0, 1]: with b = min(a, 1 - a),
+# G = sinc(b) / (1 - b). The ratios a'/a and (1 - a')/(1 - a) come from the 1D maps (their limit
+# at a = 0 is the slope exp(log d)), so log J stays finite (and right) at degenerate eigenvalues.
+# All logs of one log J are taken at once: log J = ld + sum_k c_k log(f_k) over a stack of
+# positive factors f_k with constant weights c_k.
 
 
-def _ratio(new: torch.Tensor, old: torch.Tensor, logd: torch.Tensor) -> torch.Tensor:
-    """``new / old`` for a 1D map ``f`` with ``f(0) = 0``, ``new = f(old)``, ``old >= 0``.
-
-    Where ``old`` vanishes (to sqrt(tiny)) the limit ``f'(0) = exp(logd)`` is returned, so the
-    Weyl ratio ``H(phi') / H(phi)`` stays finite (and right) at degenerate eigenvalues.
-    """
-    ok = old > torch.finfo(old.dtype).tiny ** 0.5
-    return torch.where(ok, new / torch.where(ok, old, torch.ones_like(old)), torch.exp(logd))
+def _ratios(new: torch.Tensor, old: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
+    """``new / old`` for 1D maps ``f`` with ``f(0) = 0``, ``new = f(old)``, ``old >= 0`` of shape
+    ``[..., m, 2]`` (pairs ``(x, upper - x)`` of ``m`` maps); where ``old`` vanishes the limit
+    ``f'(0) = exp(ld)``, ``ld: [..., m]`` the log-slopes."""
+    return _safe_div(new, old, ld.exp()[..., None])
 
 
-def _weight(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / (a + b)`` for ``a, b >= 0``, and 1/2 where both vanish."""
-    s = a + b
-    ok = s > torch.finfo(s.dtype).tiny ** 0.5
-    return torch.where(ok, a / torch.where(ok, s, torch.ones_like(s)), 0.5)
-
-
-def _log_g(a: torch.Tensor) -> torch.Tensor:
-    """``log G(a)`` with ``sin(pi a) = pi a (1 - a) G(a)``; ``G`` is smooth and positive on [0, 1].
-
-    With ``b = min(a, 1 - a)``: ``G = sinc(b) / (1 - b)``, ``sinc(b) = sin(pi b) / (pi b)``.
-    """
-    b = torch.minimum(a, 1.0 - a).clamp(0.0, 0.5)
-    return torch.log(torch.sinc(b)) - torch.log1p(-b)
-
-
-def _log_sin_ratio(rho: torch.Tensor, sig: torch.Tensor, a_new: torch.Tensor,
-                   a: torch.Tensor) -> torch.Tensor:
-    """``log(sin(pi a') / sin(pi a))`` from ``rho = a'/a``, ``sig = (1 - a')/(1 - a)``."""
-    return torch.log(rho) + torch.log(sig) + _log_g(a_new) - _log_g(a)
+def _g_factors(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sinc(b), 1 - b)``, ``b = min(a, 1 - a) = 1/2 - |a - 1/2|``: ``G(a) = sinc(b) / (1 - b)``
+    (``a`` in [0, 1]; ``b`` needs only absolute precision, ``G`` is smooth)."""
+    t = (a - 0.5).abs()
+    return torch.sinc(0.5 - t), t + 0.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,21 +409,26 @@ def su2_spectral(
         ``log J: [...]`` of the map applied (for the inverse, minus the forward one at the
         preimage).
     """
+    c = _const(phi)
     s, perm = sorted_angles(phi)
-    theta = math.pi * _clamp01((s[..., 1] - s[..., 0]) / _TWO_PI)
-    theta_new, comp_new, ld = _interval_map(theta, params, math.pi, inverse)
+    # (theta, pi - theta) / pi = c_0 + (y - x) c_1, theta = (y - x) / 2
+    theta = math.pi * _clamp01(torch.addcmul(c.unit_pair[0], (s * c.su2_sign).sum(-1, True),
+                                             c.unit_pair[1]))
+    theta_new, ld = _interval_map(theta, params, math.pi, inverse)
     if inverse:  # theta_new is the preimage
-        log_j = -_su2_log_j(theta_new, comp_new, theta, math.pi - theta, -ld)
+        log_j = -_su2_log_j(theta_new, theta, -ld)
     else:
-        log_j = _su2_log_j(theta, math.pi - theta, theta_new, comp_new, ld)
-    return _unsort(torch.stack([-theta_new, theta_new], dim=-1), perm), log_j
+        log_j = _su2_log_j(theta, theta_new, ld)
+    return _unsort(theta_new[..., :1] * c.su2_sign, perm), log_j
 
 
-def _su2_log_j(theta, comp, theta_new, comp_new, ld):
-    """Forward ``log J`` of ``theta -> theta_new``; ``comp = pi - theta``, ``ld`` the log-slope."""
-    rho = _ratio(theta_new, theta, ld)
-    sig = _ratio(comp_new, comp, ld)
-    return ld + 2.0 * _log_sin_ratio(rho, sig, theta_new / math.pi, theta / math.pi)
+def _su2_log_j(theta: torch.Tensor, theta_new: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
+    """Forward ``log J`` of ``theta -> theta_new``, both pairs ``(theta, pi - theta)``; ``ld`` the
+    log-slope: ``ld + 2 log(sin theta' / sin theta)`` (see "Weyl-density ratios" above)."""
+    ratio = _ratios(theta_new, theta, ld)  # (theta'/theta, (pi - theta')/(pi - theta))
+    sinc, comp = _g_factors(torch.stack([theta_new[..., 0], theta[..., 0]], -1) / math.pi)
+    factors = torch.cat([ratio, sinc, comp], -1)
+    return (factors.log() * _const(ld).su2_log_j).sum(-1) + ld
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,16 +446,30 @@ def n_params_su3(bins: int, modes: int) -> int:
     return 2 * modes * n_params_interval(bins) - modes - 1
 
 
+class _Tables(NamedTuple):
+    slots: torch.Tensor  # [2 modes (3K + 1)]: index into cat([params, 0, tied_0, tied_1])
+    d_k: torch.Tensor  # [modes]: index of A_m[d_K] in params
+    tied: torch.Tensor  # [modes, 3]: A_m[d_K] -> (0, a(r=0)[d_K], a(r=1)[d_K])
+
+
 @functools.lru_cache(maxsize=32)
-def _free_slots(bins: int, modes: int) -> torch.Tensor:
-    """Indices into the full coefficient table ``[2, modes, 3K + 1]`` (flattened) that are read
-    from ``params``; the others are zero or tied (see :func:`_su3_coefficients`)."""
+def _tables(bins: int, modes: int, dtype: torch.dtype, device: torch.device,
+            inference: bool) -> _Tables:
+    """Where every entry of the coefficient table ``[2, modes, 3K + 1]`` (flattened) comes from
+    (see :func:`_su3_coefficients`)."""
+    p1 = n_params_interval(bins)
     d0, dk = 2 * bins, 3 * bins
-    free = torch.ones(2, modes, 3 * bins + 1, dtype=torch.bool)
+    free = torch.ones(2, modes, p1, dtype=torch.bool)
     free[0, 1:, d0] = False  # step 1: slope at w = 0 independent of r
     free[1, 0, d0] = False  # step 2: end slopes at w' = 1 tied to step 1
     free[1, 0, dk] = False
-    return free.flatten().nonzero().squeeze(-1)
+    n = int(free.sum())
+    slots = torch.full((2, modes, p1), n, dtype=torch.long)  # n: the zero
+    slots[free] = torch.arange(n)
+    slots[1, 0, d0], slots[1, 0, dk] = n + 1, n + 2
+    tied = torch.tensor([[0.0, 1.0, (-1.0) ** m] for m in range(modes)], dtype=torch.float64)
+    return _Tables(slots.flatten().to(device), slots[0, :, dk].to(device),
+                   tied.to(dtype=dtype, device=device))
 
 
 def _su3_coefficients(params: torch.Tensor, bins: int, modes: int):
@@ -363,17 +478,23 @@ def _su3_coefficients(params: torch.Tensor, bins: int, modes: int):
     ``A_m``: coefficients of ``cos(pi m r)`` for step 1, with ``A_m[d_0] = 0`` for m >= 1.
     ``B_m``: coefficients of ``psi_m(w')`` for step 2, with ``B_0[d_0] = a(r=0)[d_K]`` and
     ``B_0[d_K] = a(r=1)[d_K]`` (``d_0``, ``d_K``: the first and last knot-slope slots).
+    The table is one gather from ``params`` extended by ``(0, a(0)[d_K], a(1)[d_K])``.
     """
-    p1 = n_params_interval(bins)
-    full = params.new_zeros(*params.shape[:-1], 2 * modes * p1)
-    full = full.index_copy(-1, _free_slots(bins, modes).to(params.device), params)
-    a, b = full.unflatten(-1, (2, modes, p1)).unbind(-3)
-    d0, dk = 2 * bins, 3 * bins
-    sign = torch.tensor([(-1.0) ** m for m in range(modes)], dtype=a.dtype, device=a.device)
-    b = b.clone()
-    b[..., 0, d0] = a[..., :, dk].sum(-1)  # a(0)[d_K]: cos(0) = 1
-    b[..., 0, dk] = (a[..., :, dk] * sign).sum(-1)  # a(1)[d_K]: cos(pi m) = (-1)^m
+    t = _tables(bins, modes, params.dtype, params.device, in_inference_mode())
+    tied = (params.index_select(-1, t.d_k)[..., None] * t.tied).sum(-2)
+    ext = torch.cat([params, tied], -1)
+    # gather with a broadcast index: on CPUs several times faster than index_select on the last axis
+    full = ext.gather(-1, t.slots.expand(*ext.shape[:-1], -1))
+    a, b = full.unflatten(-1, (2, modes, n_params_interval(bins))).unbind(-3)
     return a, b
+
+
+@functools.lru_cache(maxsize=32)
+def _frequencies(modes: int, dtype: torch.dtype, device: torch.device,
+                 inference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[modes]`` each: ``pi m`` (step 1) and ``pi max(m, 1/2)`` (step 2)."""
+    m = torch.arange(modes, dtype=torch.float64)
+    return tuple((math.pi * x).to(dtype=dtype, device=device) for x in (m, m.clamp(min=0.5)))
 
 
 def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Tensor:
@@ -382,11 +503,9 @@ def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Ten
     Step 1: ``sum_m A_m cos(pi m t)``; step 2: ``B_0 sin(pi t / 2) + sum_{m>=1} B_m sin(pi m t)``
     (zero at ``t = 0``, equal to ``B_0`` at ``t = 1``).
     """
-    m = torch.arange(coeff.shape[-2], dtype=t.dtype, device=t.device)
-    if first_step:
-        basis = torch.cos(math.pi * m * t[..., None])
-    else:
-        basis = torch.sin(math.pi * torch.clamp(m, min=0.5) * t[..., None])
+    freq = _frequencies(coeff.shape[-2], t.dtype, t.device, in_inference_mode())
+    arg = t[..., None] * freq[not first_step]
+    basis = torch.cos(arg) if first_step else torch.sin(arg)
     return (basis[..., :, None] * coeff.to(t.dtype)).sum(-2)
 
 
@@ -423,7 +542,8 @@ def su3_spectral(
         log J = log dw'/dw + log dr'/dr + log(w'/w) + log H(phi') - log H(phi),
 
     every ``sin`` ratio built from ``w'/w``, ``(1-w')/(1-w)``, ``r'/r``, ``(1-r')/(1-r)`` so that
-    it stays finite and accurate at the edges.
+    it stays finite and accurate at the edges. Each coordinate travels with its distance to 1,
+    as the pair ``(w, 1 - w)`` or ``(r, 1 - r)``.
 
     Args:
         phi: ``[..., 3]`` eigen-angles (any order, from :func:`unitary_eig`).
@@ -435,42 +555,53 @@ def su3_spectral(
         ``phi': [..., 3]`` in the order of ``phi`` and ``log J: [...]`` of the map applied.
     """
     s, perm = sorted_angles(phi)
-    w, r = su3_cell(s)
-    coeff_w, coeff_r = _su3_coefficients(params.to(w.dtype), bins, modes)
+    w, r = _su3_cell_pairs(s)
+    coeff_w, coeff_r = _su3_coefficients(params.to(s.dtype), bins, modes)
     if inverse:
         w_new, r_new = w, r
-        r, r_c, ld_r = _interval_map(r_new, _series(w_new, coeff_r, False), 1.0, True)
-        w, w_c, ld_w = _interval_map(w_new, _series(r, coeff_w, True), 1.0, True)
-        log_j = -_su3_log_j(w, r, w_c, r_c, w_new, r_new, 1.0 - w_new, 1.0 - r_new, -ld_w, -ld_r)
-        return _unsort(su3_from_cell(w, r), perm), log_j
-    w_new, w_new_c, ld_w = _interval_map(w, _series(r, coeff_w, True), 1.0, False)
-    r_new, r_new_c, ld_r = _interval_map(r, _series(w_new, coeff_r, False), 1.0, False)
-    log_j = _su3_log_j(w, r, 1.0 - w, 1.0 - r, w_new, r_new, w_new_c, r_new_c, ld_w, ld_r)
-    return _unsort(su3_from_cell(w_new, r_new), perm), log_j
+        r, ld_r = _interval_map(r_new, _series(w_new[..., 0], coeff_r, False), 1.0, True)
+        w, ld_w = _interval_map(w_new, _series(r[..., 0], coeff_w, True), 1.0, True)
+        log_j = -_su3_log_j(w, r, w_new, r_new, -ld_w, -ld_r)
+        return _unsort(su3_from_cell(w[..., 0], r[..., 0]), perm), log_j
+    w_new, ld_w = _interval_map(w, _series(r[..., 0], coeff_w, True), 1.0, False)
+    r_new, ld_r = _interval_map(r, _series(w_new[..., 0], coeff_r, False), 1.0, False)
+    log_j = _su3_log_j(w, r, w_new, r_new, ld_w, ld_r)
+    return _unsort(su3_from_cell(w_new[..., 0], r_new[..., 0]), perm), log_j
 
 
-def _su3_log_j(w, r, w_c, r_c, w_new, r_new, w_new_c, r_new_c, ld_w, ld_r):
-    """Forward ``log J`` of ``(w, r) -> (w_new, r_new)``; ``*_c = 1 - *``, ``ld_*`` the forward
-    log-slopes.
+def _su3_log_j(w, r, w_new, r_new, ld_w, ld_r):
+    """Forward ``log J`` of ``(w, r) -> (w_new, r_new)``, all pairs ``(x, 1 - x): [..., 2]``;
+    ``ld_w, ld_r: [...]`` the forward log-slopes of the two maps.
 
-    The three gaps ``(y - x, z - y, z - x) / 2 pi`` are ``(w r, w (1 - r), w)`` and their
-    complements ``1 - w r = (1 - w) + w (1 - r)``, ``1 - w (1 - r) = (1 - w) + w r``, ``1 - w``;
-    each ratio new/old is a product or a convex combination of the four 1D ratios.
+    The three gaps ``(y - x, z - y, z - x) / 2 pi`` are ``a = (w r, w (1 - r), w)`` and their
+    complements ``1 - w r = (1 - w) + w (1 - r)``, ``1 - w (1 - r) = (1 - w) + w r``, ``1 - w``,
+    sums of non-negative terms (relative precision everywhere). The six ratios new/old of
+    ``w, 1 - w, r, 1 - r, 1 - w r, 1 - w (1 - r)`` (``rho_w, sig_w, rho_r, sig_r, sig_1, sig_2``)
+    give every gap ratio: ``w r`` -> ``rho_w rho_r``, ``w (1 - r)`` -> ``rho_w sig_r``, so
+
+        log J = ld_w + ld_r + 7 log rho_w + 2 log(sig_w rho_r sig_r sig_1 sig_2)
+                + 2 sum_k log(G(a'_k) / G(a_k)).
+
+    Where an old value vanishes its ratio is the limit, the slope of its map: ``exp(ld_r)`` for
+    ``r`` and ``1 - r``, ``exp(ld_w)`` for ``w`` and ``1 - w``, and ``exp(ld_w)`` for
+    ``1 - w r`` and ``1 - w (1 - r)`` too: these vanish only at the centre elements
+    (``w = 1``, ``r = 1`` or 0), where ``rho_w = 1`` and the tied end slopes of
+    :func:`su3_spectral` give ``ld_w = ld_r``, so that the ratio, a convex combination of
+    ``sig_w`` and ``rho_w sig_r`` (or ``rho_w rho_r``) nearby, tends to ``exp(ld_w)``.
     """
-    rho_w = _ratio(w_new, w, ld_w)
-    sig_w = _ratio(w_new_c, w_c, ld_w)
-    rho_r = _ratio(r_new, r, ld_r)
-    sig_r = _ratio(r_new_c, r_c, ld_r)
-    lam_a = _weight(w_c, w * r_c)
-    lam_b = _weight(w_c, w * r)
-    log_h = (
-        _log_sin_ratio(rho_w * rho_r, lam_a * sig_w + (1.0 - lam_a) * rho_w * sig_r,
-                       w_new * r_new, w * r)
-        + _log_sin_ratio(rho_w * sig_r, lam_b * sig_w + (1.0 - lam_b) * rho_w * rho_r,
-                         w_new * r_new_c, w * r_c)
-        + _log_sin_ratio(rho_w, sig_w, w_new, w)
-    )
-    return ld_w + ld_r + torch.log(rho_w) + 2.0 * log_h
+    (x, gaps), (x_new, gaps_new) = _su3_gap_pairs(w, r), _su3_gap_pairs(w_new, r_new)
+    ratio = _ratios(x_new, x, torch.stack([ld_w, ld_r, ld_w], -1))  # [..., 3, 2]
+    sinc, comp = _g_factors(torch.cat([gaps_new, gaps], -1))
+    factors = torch.cat([ratio.flatten(-2), sinc, comp], -1)
+    return (factors.log() * _const(ld_w).su3_log_j).sum(-1) + (ld_w + ld_r)
+
+
+def _su3_gap_pairs(w: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(w, 1 - w), (r, 1 - r), (1 - w r, 1 - w (1 - r))]: [..., 3, 2]`` and the gaps
+    ``(w r, w (1 - r), w): [..., 3]`` of the pairs ``w, r``."""
+    w_, w_c = (x[..., None] for x in w.unbind(-1))
+    wr = w_ * r
+    return torch.stack([w, r, wr.flip(-1) + w_c], -2), torch.cat([wr, w_], -1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,14 +621,19 @@ class SUNTransform(LinkTransform):
     ``n_params = 3 bins + 1`` (SU(2)) or ``2 modes (3 bins + 1) - modes - 1`` (SU(3)).
     Features per frozen loop (``n_features = 2 (N - 1)``):
     ``[Re tr W, Im tr W, ..., Re tr W^{N-1}, Im tr W^{N-1}] / N``, gauge invariant and enough
-    to fix the spectrum of an SU(N) matrix.
+    to fix the spectrum of an SU(N) matrix. ``eig``: the ``method`` of :func:`unitary_eig`
+    (``"closed"`` or ``"eigh"``; the flow agrees between them to rounding).
     """
 
-    def __init__(self, group: Group, bins: int = 8, *, modes: int = 2):
+    def __init__(self, group: Group, bins: int = 8, *, modes: int = 2, eig: str = "closed"):
         if not isinstance(group, SUN) or group.nc not in (2, 3):
             raise ValueError(f"SUNTransform supports SU(2) and SU(3), got {group!r}")
         if bins < 1 or modes < 1:
             raise ValueError(f"SUNTransform: need bins >= 1 and modes >= 1, got {bins}, {modes}")
+        if eig not in _EIG_METHODS:
+            raise ValueError(f"SUNTransform: eig must be one of {sorted(_EIG_METHODS)}, "
+                             f"got {eig!r}")
+        self.eig = eig
         self.group = group
         self.algebra = group
         self.nc = group.nc
@@ -513,14 +649,12 @@ class SUNTransform(LinkTransform):
         return x
 
     def loop_features(self, w: torch.Tensor) -> torch.Tensor:
-        """``w: [B, *L, N, N] -> [B, 2 (N - 1), *L]``: ``Re, Im tr W^k / N``, k = 1..N-1."""
-        feats, p = [], w
-        for k in range(1, self.nc):
-            if k > 1:
-                p = p @ w
-            t = p.diagonal(dim1=-2, dim2=-1).sum(-1) / self.nc
-            feats += [t.real, t.imag]
-        return torch.stack(feats, dim=1)
+        """``w: [B, *L, N, N] -> [B, 2 (N - 1), *L]``: ``Re, Im tr W^k / N``, k = 1..N-1
+        (``tr W^2 = sum_ij W_ij W_ji``: no matrix product)."""
+        t = w.diagonal(0, -2, -1).sum(-1, keepdim=True)  # [B, *L, 1]
+        if self.nc == 3:
+            t = torch.cat([t, (w * w.mT).sum((-2, -1))[..., None]], -1)
+        return torch.view_as_real(t).flatten(-2).movedim(-1, 1) * (1.0 / self.nc)
 
     def spectral(
         self, phi: torch.Tensor, params: torch.Tensor, *, inverse: bool = False
@@ -535,10 +669,16 @@ class SUNTransform(LinkTransform):
 
         ``log J`` is the log-Jacobian of the map applied with respect to the Haar measure.
         """
-        phi, v = unitary_eig(w)
+        phi, v = unitary_eig(w, self.eig)
         phi_new, log_j = self.spectral(phi, params, inverse=inverse)
         return from_eig(phi_new, v), log_j
 
     def update_link(self, u, w_old, w_new):
         """``U' = W' W^dagger U`` so that ``U' S = W'`` for ``W = U S``."""
-        return w_new @ w_old.conj().transpose(-1, -2) @ u
+        if not u.shape == w_old.shape == w_new.shape:
+            return w_new @ w_old.mH @ u
+
+        def flat(x):
+            return x.reshape(-1, self.nc, self.nc)
+
+        return torch.bmm(torch.bmm(flat(w_new), flat(w_old).mH), flat(u)).view(u.shape)

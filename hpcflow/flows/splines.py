@@ -83,101 +83,12 @@ def _check_minima(k: int, min_width: float, min_height: float, min_slope: float,
         raise ValueError(f"{name}: need 0 < min_slope < 1, got {min_slope}")
 
 
-def _knots(u: torch.Tensor, lower: float, upper: float, min_bin: float) -> torch.Tensor:
-    """Knot positions [..., K+1] from unnormalised bin sizes u [..., K].
-
-    Bin fractions `min_bin + (1 - K min_bin) softmax(u)`; knots `lower + (upper - lower) cumsum`.
-    The end knots are set to `lower` and `upper` exactly, so every point of the interval falls in
-    a bin and the bin sizes used later are differences of these knots (consistent to the last bit).
-    """
-    k = u.shape[-1]
-    frac = min_bin + (1.0 - k * min_bin) * torch.softmax(u, dim=-1)
-    inner = lower + (upper - lower) * torch.cumsum(frac[..., :-1], dim=-1)
-    lo = torch.full_like(u[..., :1], lower)
-    hi = torch.full_like(u[..., :1], upper)
-    return torch.cat([lo, inner, hi], dim=-1)
-
-
-def _slopes(u: torch.Tensor, min_slope: float) -> torch.Tensor:
-    """Knot slopes `min_d + softplus(u + log(expm1(1 - min_d)))`: equal to 1 at u = 0."""
-    return min_slope + F.softplus(u + math.log(math.expm1(1.0 - min_slope)))
-
-
-def _bin_index(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """Bin k with knots[k] <= x < knots[k+1], clamped to [0, K-1]; x [...], knots [..., K+1].
-
-    Counting interior knots <= x is a searchsorted that is clamped by construction (x at or
-    beyond the last knot lands in the last bin) and needs no contiguous memory.
-    """
-    return (x.unsqueeze(-1) >= knots[..., 1:-1]).sum(dim=-1, keepdim=True)
-
-
-def _clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Clamp the value but keep d/dx = 1: the clamps here only remove round-off, and a zero
-    gradient there would contradict the reported log-derivative."""
-    return x + (x.clamp(lo, hi) - x).detach()
-
-
-def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(t, -1, idx).squeeze(-1)
-
-
-def _rqs(
-    x: torch.Tensor,
-    xk: torch.Tensor,
-    yk: torch.Tensor,
-    d: torch.Tensor,
-    inverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monotone rational-quadratic spline through knots (xk, yk) with knot slopes d.
-
-    x [...] inside [xk_0, xk_K] (forward) or [yk_0, yk_K] (inverse); xk, yk, d [..., K+1].
-    In bin k, with `w = xk_{k+1} - xk_k`, `h = yk_{k+1} - yk_k`, `s = h / w`, `xi = (x - xk_k) / w`
-    and `den = s + (d_{k+1} + d_k - 2 s) xi (1 - xi)` (Durkan et al. 2019, eqs. 4 and 5):
-        y = yk_k + h (s xi^2 + d_k xi (1 - xi)) / den,
-        log y' = 2 log s + log(d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2) - 2 log den.
-    The inverse solves `a xi^2 + b xi + c = 0` (Durkan et al. 2019, appendix A) for the root
-    `xi = 2c / (-b - sqrt(b^2 - 4ac)) = (-b + sqrt(b^2 - 4ac)) / (2a)`. The first form cancels
-    when b < 0 (near the top of a bin whose end slope exceeds 2 s; in float32 that cost 1e-4 in
-    round trips), the second when b > 0, so each is used where it does not cancel.
-    Returns (out, logdet) of the map applied.
-    """
-    idx = _bin_index(x, yk if inverse else xk)
-    x0, x1 = _take(xk, idx), _take(xk, idx + 1)
-    y0, y1 = _take(yk, idx), _take(yk, idx + 1)
-    d0, d1 = _take(d, idx), _take(d, idx + 1)
-    w, h = x1 - x0, y1 - y0
-    s = h / w
-    curv = d1 + d0 - 2.0 * s
-
-    if inverse:
-        dy = x - y0
-        a = h * (s - d0) + dy * curv
-        b = h * d0 - dy * curv
-        c = -s * dy
-        sq = torch.sqrt((b * b - 4.0 * a * c).clamp_min(0.0))
-        # both branches are evaluated: the unused denominator is replaced by 1 so that it
-        # cannot put NaN into the gradient. With b >= 0, -b - sq < 0 (c = 0 only if D = 0, and
-        # then b = h d_k > 0); with b < 0, a > 0 because the root lies in [0, 1].
-        pos = b >= 0
-        one = torch.ones_like(b)
-        xi_pos = 2.0 * c / torch.where(pos, -b - sq, one)
-        xi_neg = (sq - b) / torch.where(pos, one, 2.0 * a)
-        xi = _clamp(torch.where(pos, xi_pos, xi_neg), 0.0, 1.0)
-    else:
-        xi = _clamp((x - x0) / w, 0.0, 1.0)
-
-    om = xi * (1.0 - xi)
-    den = s + curv * om
-    logdet = (
-        2.0 * torch.log(s)
-        + torch.log(d1 * xi * xi + 2.0 * s * om + d0 * (1.0 - xi) ** 2)
-        - 2.0 * torch.log(den)
-    )
-    if inverse:
-        return torch.lerp(x0, x1, xi), -logdet
-    # lerp returns the knots exactly at xi = 0 and 1, so end points stay fixed to the last bit
-    return torch.lerp(y0, y1, (s * xi * xi + d0 * om) / den), logdet
+def _broadcast_to(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_broadcast` that issues no operation when the shapes and dtype already agree (the
+    coupling layers' case: every operation counts at small batches)."""
+    if params.dtype == x.dtype and params.device == x.device and params.shape[:-1] == x.shape:
+        return x, params
+    return _broadcast(x, params)
 
 
 def _wrap(theta: torch.Tensor) -> torch.Tensor:
@@ -185,6 +96,202 @@ def _wrap(theta: torch.Tensor) -> torch.Tensor:
     which is the same point of the circle as 0."""
     t = torch.remainder(theta, _TWO_PI)
     return torch.where(t >= _TWO_PI, t - _TWO_PI, t)
+
+
+class _Local:
+    """The spline in the bin of each element (Durkan et al. 2019, eqs. 4-5).
+
+    From the bin's knots ``g [..., 3, 2]`` (rows x, y, slope; columns the bin's two ends) and the
+    position ``xi`` in the bin: ``w = x1 - x0``, ``h = y1 - y0``, ``s = h / w``,
+    ``den = s + c xi (1 - xi)`` with ``c = d0 + d1 - 2 s``,
+    ``y = y0 + h r`` with ``r = (s xi^2 + d0 xi (1 - xi)) / den``,
+    ``log dy/dx = log m + 2 log(s / den)`` with ``m = d1 xi^2 + 2 s xi (1 - xi) + d0 (1 - xi)^2``.
+    Written with fused multiply-adds and no scalar temporaries: every operation counts at small
+    batches (issue 19). The quantities are kept for the backward (:meth:`vjp`).
+    """
+
+    def __init__(self, point: torch.Tensor, g: torch.Tensor, inverse: bool):
+        x0, x1, y0, y1, d0, d1 = g.flatten(-2).unbind(-1)
+        self.x0, self.x1, self.y0, self.y1, self.d0, self.d1 = x0, x1, y0, y1, d0, d1
+        self.w = x1 - x0
+        self.h = y1 - y0
+        self.s = self.h / self.w
+        # the position in the bin: of the input (forward), of the preimage (inverse)
+        self.xi = xi = (_solve_xi(point, self) if inverse else
+                        ((point - x0) / self.w).clamp(0.0, 1.0))
+        self.omx = 1.0 - xi
+        self.om = xi * self.omx
+        self.c = torch.add(d0 + d1, self.s, alpha=-2.0)
+        self.den = torch.addcmul(self.s, self.c, self.om)
+        self.sxi = self.s * xi
+        self.r = torch.addcmul(d0 * self.om, self.sxi, xi) / self.den
+        self.m = torch.addcmul(torch.addcmul(d1 * xi * xi, d0 * self.omx, self.omx), self.s,
+                               self.om, value=2.0)
+        self.q = self.s / self.den
+
+    SAVED = ("xi", "h", "s", "w", "omx", "om", "c", "den", "sxi", "r", "m", "q", "d0", "d1")
+
+    def saved(self) -> tuple[torch.Tensor, ...]:
+        """What the backward needs (through ``ctx.save_for_backward``, so that saved-tensor
+        hooks such as activation checkpointing see it)."""
+        return tuple(getattr(self, name) for name in self.SAVED)
+
+    @classmethod
+    def restored(cls, tensors) -> _Local:
+        loc = cls.__new__(cls)
+        for name, t in zip(cls.SAVED, tensors, strict=True):
+            setattr(loc, name, t)
+        return loc
+
+    def value(self) -> torch.Tensor:
+        """The output ``y`` (lerp returns the knots exactly at r = 0 and 1: end points stay
+        fixed to the last bit)."""
+        return torch.lerp(self.y0, self.y1, self.r)
+
+    def logdet(self) -> torch.Tensor:
+        """``log dy/dx``."""
+        return torch.log(self.m * self.q * self.q)
+
+    def vjp(self, gy: torch.Tensor, gl: torch.Tensor):
+        """Reverse mode of ``(x, knots) -> (y, log dy/dx)`` for cotangents ``gy``, ``gl``:
+        ``(g_x, g_knots [..., 3, 2])``, the chain rule written out node by node (``xi = (x - x0)
+        / w``, ``s = h / w``; each line the adjoint of one quantity of the forward)."""
+        xi, omx, om, s, d0, d1 = self.xi, self.omx, self.om, self.s, self.d0, self.d1
+        g_r = gy * self.h
+        g_n = g_r / self.den
+        gl2 = gl + gl
+        g_den = torch.addcmul(gl2, g_r, self.r) / (-self.den)
+        g_m = gl / self.m
+        g_s = torch.addcmul(torch.addcmul(gl2 / s + g_den, g_n * xi, xi), om, g_m - g_den,
+                            value=2.0)
+        g_c = g_den * om
+        g_om = torch.addcmul(torch.addcmul(g_den * self.c, g_n, d0), g_m, s, value=2.0)
+        g_xi = torch.addcmul(torch.addcmul(g_om * (omx - xi), g_n, self.sxi, value=2.0),
+                             g_m, d1 * xi - d0 * omx, value=2.0)
+        g_d0 = torch.addcmul(torch.addcmul(g_c, g_n, om), g_m * omx, omx)
+        g_d1 = torch.addcmul(g_c, g_m * xi, xi)
+        g_sw = g_s / self.w
+        g_h = torch.addcmul(g_sw, gy, self.r)
+        g_x = g_xi / self.w
+        g_w = -torch.addcmul(g_x * xi, g_sw, s)
+        g_knots = torch.stack([-(g_x + g_w), g_w, gy - g_h, g_h, g_d0, g_d1], dim=-1)
+        return g_x, g_knots.reshape(*g_knots.shape[:-1], 3, 2)
+
+    def dlogdet_dx(self) -> torch.Tensor:
+        """``d log(dy/dx) / dx = (m' / m - 2 den' / den) / w`` (primes: d/dxi)."""
+        xi, omx = self.xi, self.omx
+        dm = torch.addcmul(self.d1 * xi - self.d0 * omx, self.s, omx - xi)
+        dden = self.c * (omx - xi)
+        return (dm / self.m - dden / self.den) * 2.0 / self.w
+
+
+def _solve_xi(y: torch.Tensor, loc: _Local) -> torch.Tensor:
+    """The position ``xi`` in the bin with ``y(xi) = y`` (Durkan et al. 2019, appendix A).
+
+    ``a xi^2 + b xi + c = 0``; the root ``2c / (-b - sqrt(D)) = (-b + sqrt(D)) / (2a)``: the first
+    form cancels when b < 0 (near the top of a bin whose end slope exceeds 2 s; in float32 that
+    cost 1e-4 in round trips), the second when b > 0, so each is used where it does not cancel.
+    Both are evaluated; the unused denominator is replaced by 1 (with b >= 0, -b - sqrt(D) < 0;
+    with b < 0, a > 0 because the root lies in [0, 1]).
+    """
+    h, s, d0 = loc.h, loc.s, loc.d0
+    curv = torch.add(d0 + loc.d1, s, alpha=-2.0)
+    dy = y - loc.y0
+    a = torch.addcmul(h * (s - d0), dy, curv)
+    b = torch.addcmul(h * d0, dy, curv, value=-1.0)
+    c = -s * dy
+    sq = torch.sqrt(torch.addcmul(b * b, a, c, value=-4.0).clamp_min(0.0))
+    pos = b >= 0
+    xi = torch.where(pos, (c + c) / torch.where(pos, -b - sq, 1.0),
+                     (sq - b) / torch.where(pos, 1.0, a + a))
+    return xi.clamp(0.0, 1.0)
+
+
+class _RQS(torch.autograd.Function):
+    """Rational-quadratic spline from unnormalised parameters, forward or inverse, with a
+    hand-written backward (docs/physics.md, "Circular rational-quadratic spline with bias").
+
+    One function for both families: ``circular`` (``3K + 1`` parameters: widths, heights, K
+    slopes with ``d_K = d_0``, a bias; input and output mod 2 pi) and interval (``3K + 1``:
+    widths, heights, K + 1 slopes; ends fixed). The backward is the chain rule written out
+    (:meth:`_Local.vjp`) and, for the inverse, the implicit-function theorem at the preimage:
+    a few dozen elementwise operations instead of the ~150 that autograd records through the
+    same formulas (issue 19: on a GPU every operation is a kernel launch).
+    """
+
+    @staticmethod
+    def forward(ctx, x, params, k, lower, upper, mins, inverse, circular):
+        mw, mh, ms = mins
+        span = upper - lower
+        # softmax written out: torch.softmax over a last axis of ~8 runs ~8x slower on CPUs
+        e = params[..., :2 * k].reshape(*params.shape[:-1], 2, k)
+        e = torch.exp(e - e.amax(-1, keepdim=True))
+        p = e / e.sum(-1, keepdim=True)  # [..., 2, K]
+        if mw == mh:
+            frac = mw + (1.0 - k * mw) * p
+        else:
+            frac = torch.stack([mw + (1.0 - k * mw) * p[..., 0, :],
+                                mh + (1.0 - k * mh) * p[..., 1, :]], dim=-2)
+        # end knots exactly `lower` and `upper`: every point falls in a bin, and bin sizes are
+        # differences of these knots (consistent to the last bit)
+        knots = span * F.pad(torch.cumsum(frac[..., :-1], dim=-1), (1, 1))
+        if lower != 0.0:
+            knots = knots + lower
+        knots[..., -1].fill_(upper)
+        n_slopes = k if circular else k + 1
+        z = params[..., 2 * k:2 * k + n_slopes] + math.log(math.expm1(1.0 - ms))
+        d = ms + F.softplus(z)
+        if circular:
+            d = torch.cat([d, d[..., :1]], dim=-1)
+        table = torch.cat([knots, d.unsqueeze(-2)], dim=-2)  # [..., 3, K + 1]
+        if circular:
+            point = _wrap(x - params[..., 3 * k]) if inverse else _wrap(x)
+        else:
+            point = x.clamp(lower, upper)
+        # bin: the number of interior knots <= point (a clamped searchsorted, no copies)
+        idx = (point.unsqueeze(-1) >= table[..., int(inverse), 1:-1]).sum(-1, keepdim=True)
+        ends = torch.cat([idx, idx + 1], dim=-1).unsqueeze(-2).expand(*idx.shape[:-1], 3, 2)
+        g = table.gather(-1, ends)  # [..., 3, 2]
+        loc = _Local(point, g, inverse)
+        if inverse:
+            out, logdet = torch.lerp(loc.x0, loc.x1, loc.xi), -loc.logdet()
+        else:
+            out, logdet = loc.value(), loc.logdet()
+        if circular:
+            out = _wrap(out) if inverse else _wrap(out + params[..., 3 * k])
+        ctx.save_for_backward(ends, p, torch.sigmoid(z), *loc.saved())
+        ctx.meta = (k, span, mw, mh, inverse, circular, table.shape)
+        return out, logdet
+
+    @staticmethod
+    def backward(ctx, g_out, g_logdet):
+        ends, p, sig, *saved = ctx.saved_tensors
+        k, span, mw, mh, inverse, circular, table_shape = ctx.meta
+        loc = _Local.restored(saved)
+        g_out = torch.zeros_like(loc.xi) if g_out is None else g_out
+        g_logdet = torch.zeros_like(loc.xi) if g_logdet is None else g_logdet
+        if inverse:
+            # x = F^-1(y): dx/dy = 1 / F', dx/dknots = -dF/dknots / F'; log J = -log F'(x)
+            g_in = torch.addcmul(g_out, g_logdet, loc.dlogdet_dx(), value=-1.0) / (
+                loc.m * loc.q * loc.q)
+            _, g_knots = loc.vjp(-g_in, -g_logdet)
+        else:
+            g_in, g_knots = loc.vjp(g_out, g_logdet)
+        g_table = p.new_zeros(table_shape).scatter_add(-1, ends, g_knots)
+        # knots = lower + span * [0, C_1 .. C_{K-1}, 1] with C_j = sum_{i<j} frac_i
+        c = torch.cumsum(g_table[..., :2, :k], dim=-1)
+        g_frac = span * (c[..., -1:] - c)
+        scale = (1.0 - k * mw) if mw == mh else torch.tensor(
+            [[1.0 - k * mw], [1.0 - k * mh]], dtype=p.dtype, device=p.device)
+        g_p = g_frac * scale
+        g_u = p * (g_p - (g_p * p).sum(-1, keepdim=True))
+        g_d = g_table[..., 2, :]
+        if circular:
+            g_d = g_d[..., :k] + F.pad(g_d[..., k:], (0, k - 1))
+        parts = [g_u.reshape(*g_u.shape[:-2], 2 * k), g_d * sig]
+        if circular:
+            parts.append((-g_in if inverse else g_out).unsqueeze(-1))
+        return g_in, torch.cat(parts, dim=-1), None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,18 +336,9 @@ def circular_rqs(
     name = "circular_rqs"
     k = _n_bins(params.shape[-1], 1, name)
     _check_minima(k, min_width, min_height, min_slope, name)
-    theta, params = _broadcast(theta, params)
-    xk = _knots(params[..., :k], 0.0, _TWO_PI, min_width)
-    yk = _knots(params[..., k : 2 * k], 0.0, _TWO_PI, min_height)
-    d = _slopes(params[..., 2 * k : 3 * k], min_slope)
-    bias = params[..., 3 * k]
-    d = torch.cat([d, d[..., :1]], dim=-1)
-
-    if inverse:
-        out, logdet = _rqs(_wrap(theta - bias), xk, yk, d, inverse=True)
-        return _wrap(out), logdet
-    out, logdet = _rqs(_wrap(theta), xk, yk, d, inverse=False)
-    return _wrap(out + bias), logdet
+    theta, params = _broadcast_to(theta, params)
+    return _RQS.apply(theta, params, k, 0.0, _TWO_PI, (min_width, min_height, min_slope),
+                      inverse, True)
 
 
 def interval_rqs(
@@ -279,12 +377,10 @@ def interval_rqs(
         raise ValueError(f"{name}: need lower < upper, got lower={lower}, upper={upper}")
     k = _n_bins(params.shape[-1], 1, name)
     _check_minima(k, min_width, min_height, min_slope, name)
-    x, params = _broadcast(x, params)
-    xk = _knots(params[..., :k], lower, upper, min_width)
-    yk = _knots(params[..., k : 2 * k], lower, upper, min_height)
-    d = _slopes(params[..., 2 * k :], min_slope)
+    x, params = _broadcast_to(x, params)
     # the output needs no clamp: lerp between two knots with xi in [0, 1] stays between them
-    return _rqs(_clamp(x, lower, upper), xk, yk, d, inverse=inverse)
+    return _RQS.apply(x, params, k, float(lower), float(upper),
+                      (min_width, min_height, min_slope), inverse, False)
 
 
 def _ncp_eval(

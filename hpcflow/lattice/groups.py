@@ -58,6 +58,19 @@ class Algebra:
             out = u if out is None else self.mul(out, u)
         return out
 
+    def extend(self, flat: torch.Tensor) -> torch.Tensor:
+        """Links ``[B, n, *E]`` -> ``[B, 2 n + 1, *E]``: the links, their daggers and the unit
+        element, the array that :func:`hpcflow.lattice.loops.table_product` gathers from (a
+        backward step reads ``n + i``, a padding step ``2 n``; no per-step ``where``)."""
+        raise NotImplementedError
+
+    def reduce_steps(self, links: torch.Tensor) -> torch.Tensor:
+        """Ordered product along axis 2 of ``[B, n, len, *E]`` (no daggers): ``[B, n, *E]``."""
+        out = links[:, :, 0]
+        for s in range(1, links.shape[2]):
+            out = self.mul(out, links[:, :, s])
+        return out
+
 
 class Angles(Algebra):
     """U(1) on angles: the product of phases is the sum of angles; the inverse is the negative."""
@@ -74,6 +87,12 @@ class Angles(Algebra):
         # A product of phases is a signed sum of angles: one fused operation.
         return (links * (1.0 - 2.0 * backward.to(links.dtype))).sum(2)
 
+    def extend(self, flat):
+        return torch.cat([flat, -flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
+
+    def reduce_steps(self, links):
+        return links.sum(2)
+
 
 class Counts(Algebra):
     """Indicator fields: a path 'product' counts how many marked links it crosses.
@@ -88,6 +107,12 @@ class Counts(Algebra):
 
     def dagger(self, a):
         return a
+
+    def extend(self, flat):
+        return torch.cat([flat, flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
+
+    def reduce_steps(self, links):
+        return links.sum(2)
 
 
 class Group(Algebra):
@@ -107,6 +132,11 @@ class Group(Algebra):
     def dagger(self, a: torch.Tensor) -> torch.Tensor:
         """Hermitian conjugate ``a^dagger``: ``[..., Nc, Nc] -> [..., Nc, Nc]``."""
         return a.conj().transpose(-1, -2)
+
+    def extend(self, flat: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(self.nc, dtype=flat.dtype, device=flat.device)
+        return torch.cat([flat, self.dagger(flat),
+                          eye.expand(flat.shape[0], 1, self.nc, self.nc)], dim=1)
 
     def trace(self, a: torch.Tensor) -> torch.Tensor:
         """Trace over colour: ``[..., Nc, Nc] -> [...]`` (complex)."""

@@ -43,6 +43,8 @@ __all__ = [
     "path_product",
     "path_indices",
     "gathered_product",
+    "path_table",
+    "table_product",
     "closed_loop_trace",
     "reroot",
     "reverse",
@@ -205,6 +207,42 @@ def gathered_product(flat_links: torch.Tensor, index: torch.Tensor, backward: to
     links = flat_links.index_select(1, index.reshape(-1))  # faster than flat_links[:, index]
     return algebra.reduce_path(links.view(flat_links.shape[0], *index.shape,
                                           *flat_links.shape[2:]), backward)
+
+
+def path_table(paths, shape, sites=None) -> torch.Tensor:
+    """One gather table for many paths, for :func:`table_product`.
+
+    ``paths``: a sequence of paths; ``sites``: for each path a bool ``[*L]`` of its base sites
+    (default: every site). Rows are the paths' base sites in order (path 0's sites first, each
+    in flat order); entry ``s`` of a row indexes the extended links
+    ``[U, U^dagger, 1]`` of :meth:`Algebra.extend` (``[B, 2 Nd V + 1, *E]``): a forward step
+    reads ``mu V + flat(y)``, a backward step the same plus ``Nd V``, and rows shorter than the
+    longest path are padded with the unit element ``2 Nd V``. Returns int64 ``[rows, len]``.
+    """
+    shape = tuple(shape)
+    n_links = len(shape) * math.prod(shape)
+    sites = [None] * len(paths) if sites is None else list(sites)
+    tables = [path_indices(p, shape, s) for p, s in zip(paths, sites, strict=True)]
+    width = max(i.shape[1] for i, _ in tables)
+    rows = []
+    for index, backward in tables:
+        row = index + n_links * backward.long()
+        pad = torch.full((row.shape[0], width - row.shape[1]), 2 * n_links, dtype=torch.long)
+        rows.append(torch.cat([row, pad], dim=1))
+    return torch.cat(rows)
+
+
+def table_product(extended: torch.Tensor, table: torch.Tensor, algebra: Algebra) -> torch.Tensor:
+    """Ordered products of many paths by one gather from extended links.
+
+    ``extended: [B, 2 Nd V + 1, *E]`` (:meth:`Algebra.extend` of ``[B, Nd V, *E]``);
+    ``table: [n, len]`` (:func:`path_table`). Returns ``[B, n, *E]``, equal to
+    :func:`path_product` at the tabulated base sites. Daggers and padding are read, not
+    computed, so a path costs one gather and ``len - 1`` products for the whole batch.
+    """
+    links = extended.index_select(1, table.reshape(-1))
+    return algebra.reduce_steps(links.view(extended.shape[0], *table.shape,
+                                           *extended.shape[2:]))
 
 
 def closed_loop_trace(links: torch.Tensor, path: Path, group) -> torch.Tensor:

@@ -18,6 +18,12 @@ Layout of a stream: ``keys: [B, 2]`` (one key per configuration, :func:`stream_k
 counter words of the Philox block that feeds element ``e`` are ``(c0, c1)`` = the 64-bit block
 index of ``e`` split into two 32-bit words and ``(c2, c3)`` = two user words (``counter``).
 One block (four 32-bit words) gives two float64 or four float32 uniforms.
+
+A second layout serves draws keyed by ``(seed, stream, step)`` with the sample index in the
+counter (the Haar prior, :mod:`hpcflow.flows.prior`): one key for the whole batch,
+:func:`derive_key`, and counter words ``(c2, c3)`` = the 64-bit sample index
+(:func:`indexed_uniform`, :func:`indexed_normal`). The batch's numbers then come from one
+vectorized pass on the target device, with no per-sample work on the host.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ __all__ = [
     "words_to_uniform",
     "uniform",
     "normal",
+    "derive_key",
+    "indexed_uniform",
+    "indexed_normal",
 ]
 
 MASK32 = 0xFFFFFFFF
@@ -50,7 +59,21 @@ def _mulhilo_wrap(c, m: int):
     from one ``int64`` product: it exceeds ``2^63`` for large factors and wraps to a negative
     value with the right low 64 bits, so the arithmetic ``>>`` is masked after shifting."""
     p = c * m
+    if isinstance(p, torch.Tensor):  # a fresh product: mask it in place (half the allocations)
+        return (p >> 32).bitwise_and_(MASK32), p.bitwise_and_(MASK32)
     return (p >> 32) & MASK32, p & MASK32
+
+
+def _xor_into(fresh, *others):
+    """``fresh ^ others[0] ^ ...``, in place in ``fresh`` (a tensor no one else holds, or a
+    Python int) wherever broadcasting does not enlarge it: on a large batch allocating a new
+    tensor per operation costs about as much as the operation."""
+    for o in others:
+        grows = not isinstance(fresh, torch.Tensor) or (
+            isinstance(o, torch.Tensor)
+            and torch.broadcast_shapes(fresh.shape, o.shape) != fresh.shape)
+        fresh = fresh ^ o if grows else fresh.bitwise_xor_(o)
+    return fresh
 
 
 def _mulhilo_split(c, m: int):
@@ -100,7 +123,7 @@ def _philox_words(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     for r in range(rounds):
         hi0, lo0 = mulhilo(c0, _M0)
         hi1, lo1 = mulhilo(c2, _M1)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ ks0[r], lo1, hi0 ^ c3 ^ ks1[r], lo0
+        c0, c1, c2, c3 = _xor_into(hi1, c1, ks0[r]), lo1, _xor_into(hi0, c3, ks1[r]), lo0
     return c0, c1, c2, c3
 
 
@@ -213,17 +236,34 @@ def block_uniforms(keys: torch.Tensor, counter, blocks: torch.Tensor,
     c2, c3 = _check_counter(counter)
     blocks = torch.as_tensor(blocks, dtype=torch.int64)
     keys = torch.as_tensor(keys, dtype=torch.int64, device=blocks.device)
-    p = per_block(dtype)
-
-    def finish(w0, w1, w2, w3):
-        # both pairs (or all four words) in one set of operations
-        if p == 2:
-            return words_to_uniform((torch.stack([w0, w2], -1), torch.stack([w1, w3], -1)),
-                                    dtype)
-        return words_to_uniform((torch.stack([w0, w1, w2, w3], -1),), dtype)
-
     return _philox_broadcast(blocks & MASK32, blocks >> 32, c2, c3, keys[..., 0], keys[..., 1],
-                             finish=finish)
+                             finish=functools.partial(_block_to_uniforms, dtype=dtype))
+
+
+def _block_to_uniforms(w0, w1, w2, w3, *, dtype) -> torch.Tensor:
+    """The four output words of Philox blocks ``[...]`` -> their uniforms ``[..., per_block]``:
+    ``(w0, w1)`` and ``(w2, w3)`` (float64) or each word (float32), in one set of operations."""
+    if per_block(dtype) == 2:
+        return words_to_uniform((torch.stack([w0, w2], -1), torch.stack([w1, w3], -1)), dtype)
+    return words_to_uniform((torch.stack([w0, w1, w2, w3], -1),), dtype)
+
+
+def _leading_elements(u: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Block uniforms ``[B, blocks, per_block]`` -> the first ``prod(shape)`` of them in block
+    order, ``[B, *shape]``."""
+    return u.flatten(1)[:, :math.prod(shape)].reshape(u.shape[0], *shape)
+
+
+def _box_muller(u: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Box-Muller (Box & Muller, Ann. Math. Stat. 29 (1958) 610): uniform pairs
+    ``u [B, pairs, 2]`` in ``(0, 1)`` -> standard normals ``[B, *shape]``, normals ``2j`` and
+    ``2j + 1`` being ``sqrt(-2 log u_{j,0}) (cos, sin)(2 pi u_{j,1})``. ``u`` never is 0, so
+    the logarithm is finite; the tails reach ``sqrt(-2 log u_min)``: 8.5 sigma (float64),
+    5.8 sigma (float32)."""
+    radius = torch.sqrt(-2.0 * torch.log(u[..., 0]))
+    angle = (2.0 * math.pi) * u[..., 1]
+    z = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)
+    return _leading_elements(z, shape)
 
 
 def uniform(keys: torch.Tensor, counter: tuple[int, int], shape, *,
@@ -240,21 +280,85 @@ def uniform(keys: torch.Tensor, counter: tuple[int, int], shape, *,
     p = per_block(dtype)
     keys = torch.as_tensor(keys, dtype=torch.int64)
     blocks = torch.arange(-(-n // p), dtype=torch.int64, device=keys.device)
-    u = block_uniforms(keys[:, None, :], counter, blocks[None, :], dtype)
-    return u.reshape(keys.shape[0], -1)[:, :n].reshape(keys.shape[0], *shape)
+    return _leading_elements(block_uniforms(keys[:, None, :], counter, blocks[None, :], dtype),
+                             shape)
 
 
 def normal(keys: torch.Tensor, counter: tuple[int, int], shape, *,
            dtype=torch.float64) -> torch.Tensor:
-    """Standard normal numbers ``[B, *shape]`` by Box-Muller (Box & Muller, Ann. Math. Stat.
-    29 (1958) 610) from :func:`uniform` with the same ``(keys, counter)``: normals ``2j`` and
-    ``2j + 1`` are ``sqrt(-2 log u_{2j}) (cos, sin)(2 pi u_{2j+1})``. ``u`` never is 0, so the
-    logarithm is finite."""
+    """Standard normal numbers ``[B, *shape]`` by Box-Muller (:func:`_box_muller`) from the
+    uniforms ``[B, pairs, 2]`` of :func:`uniform` with the same ``(keys, counter)``: normals
+    ``2j`` and ``2j + 1`` are ``sqrt(-2 log u_{2j}) (cos, sin)(2 pi u_{2j+1})``."""
     shape = tuple(int(s) for s in shape)
-    n = math.prod(shape)
-    pairs = -(-n // 2)
-    u = uniform(keys, counter, (pairs, 2), dtype=dtype)
-    radius = torch.sqrt(-2.0 * torch.log(u[..., 0]))
-    angle = (2.0 * math.pi) * u[..., 1]
-    z = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)
-    return z.reshape(keys.shape[0], -1)[:, :n].reshape(keys.shape[0], *shape)
+    pairs = -(-math.prod(shape) // 2)
+    return _box_muller(uniform(keys, counter, (pairs, 2), dtype=dtype), shape)
+
+
+# ---------------------------------------------------------------- one key, index in the counter
+_U64 = 1 << 64
+
+
+def derive_key(seed: int, stream: int, step: int, *, tag: int) -> tuple[int, int]:
+    """A Philox key ``(k0, k1)`` (two 32-bit words) hashed from ``seed``, ``stream``, ``step``
+    (integers in ``[0, 2^64)``) and a domain ``tag`` (32 bits) naming the consumer.
+
+    Two Philox4x32-10 blocks on Python integers (exact; no tensor, no device):
+    ``(a0, a1) = Philox((seed_lo, seed_hi, stream_lo, stream_hi), key=(tag, 0))[:2]``, then
+    ``(k0, k1) = Philox((step_lo, step_hi, 0, 0), key=(a0, a1))[:2]``. For a fixed key Philox
+    is a bijection of its 128-bit counter and its output passes BigCrush (Salmon et al. 2011),
+    so distinct inputs give unrelated keys and two of them coincide with probability
+    ``2^-64``; unlike arithmetic folds such as ``seed * (rank + 1)`` or ``(stream << 32) + step``
+    no structured pair collides, and the same ``(seed, stream, step)`` under another ``tag``
+    gives an unrelated key. Philox rather than ``numpy.random.SeedSequence`` (which
+    :func:`stream_keys` uses): the whole generator is one published function, and the
+    entropy lists ``[a, b, c]`` and ``[a, b, c, 0]`` hash alike in SeedSequence.
+    """
+    for name, v in (("seed", seed), ("stream", stream), ("step", step)):
+        if not 0 <= int(v) < _U64:
+            raise ValueError(f"{name} must be an integer in [0, 2^64), got {v!r}")
+    if not 0 <= int(tag) <= MASK32:
+        raise ValueError(f"tag must be an integer in [0, 2^32), got {tag!r}")
+    seed, stream, step = int(seed), int(stream), int(step)
+    a0, a1, _, _ = _philox_words(seed & MASK32, seed >> 32, stream & MASK32, stream >> 32,
+                                 int(tag), 0)
+    k0, k1, _, _ = _philox_words(step & MASK32, step >> 32, 0, 0, a0, a1)
+    return k0, k1
+
+
+def _indexed_blocks(key: tuple[int, int], indices: torch.Tensor, n_blocks: int,
+                    dtype) -> torch.Tensor:
+    """Uniforms ``[B, n_blocks, per_block]`` of the blocks ``0 .. n_blocks-1`` of each sample
+    in ``indices [B]``: counter ``(n mod 2^32, n >> 32, i mod 2^32, i >> 32)``, key ``key``."""
+    idx = torch.as_tensor(indices, dtype=torch.int64)[:, None]
+    blocks = torch.arange(n_blocks, dtype=torch.int64, device=idx.device)[None, :]
+    k0, k1 = (int(k) for k in key)
+    return _philox_broadcast(blocks & MASK32, blocks >> 32, idx & MASK32, idx >> 32, k0, k1,
+                             finish=functools.partial(_block_to_uniforms, dtype=dtype))
+
+
+def indexed_uniform(key: tuple[int, int], indices: torch.Tensor, shape, *,
+                    dtype=torch.float64) -> torch.Tensor:
+    """Uniforms in ``(0, 1)`` for the samples ``indices``: ``[B] -> [B, *shape]``, on the
+    device of ``indices`` (``int64``, values in ``[0, 2^63)``).
+
+    One key for the batch (:func:`derive_key`), the sample index in the counter: element ``e``
+    of sample ``i`` is uniform ``e mod p`` (``p = 2`` float64, 4 float32) of the Philox block
+    with counter ``(n mod 2^32, n >> 32, i mod 2^32, i >> 32)``, ``n = e // p``, mapped by
+    :func:`words_to_uniform`. A pure function of ``(key, i, e)``: the same for any batch that
+    contains ``i``, in any order, on any device (integer arithmetic only).
+    """
+    shape = tuple(int(s) for s in shape)
+    n_blocks = -(-math.prod(shape) // per_block(dtype))
+    return _leading_elements(_indexed_blocks(key, indices, n_blocks, dtype), shape)
+
+
+def indexed_normal(key: tuple[int, int], indices: torch.Tensor, shape, *,
+                   dtype=torch.float64) -> torch.Tensor:
+    """Standard normals ``[B, *shape]`` for the samples ``indices [B]``: Box-Muller
+    (:func:`_box_muller`) on the uniforms ``[B, pairs, 2]`` of :func:`indexed_uniform`
+    (pair ``j`` from uniforms ``2j``, ``2j + 1``). Integers equal on every device; the floats
+    differ at most by the rounding of ``log``, ``cos``, ``sin`` in the device's math library.
+    """
+    shape = tuple(int(s) for s in shape)
+    pairs = -(-math.prod(shape) // 2)
+    return _box_muller(indexed_uniform(key, indices, (pairs, 2), dtype=dtype), shape)

@@ -42,6 +42,7 @@ def build_context_net(
     rank: int | Sequence[int] = 8,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    lattice: Sequence[int] | None = None,
 ) -> nn.Sequential:
     """Periodic CNN ``[B, in_channels, *L] -> [B, out_channels, *L]`` on an Nd-dimensional lattice.
 
@@ -49,8 +50,9 @@ def build_context_net(
     with ``activation`` between them (none after the last). ``conv``: ``"full"`` (``ConvNd``),
     ``"factorized"`` (``CPConvNd`` of rank ``rank``) or ``"tucker"`` (``TuckerConvNd``, ``rank``
     an int or ``(R_in, R_out)``). ``kernel_size``: odd int or one odd int per axis.
-    ``dtype``/``device``: of the parameters (default: torch's defaults). The last layer outputs
-    exactly zero at initialization.
+    ``dtype``/``device``: of the parameters (default: torch's defaults). ``lattice``: the
+    extents ``L`` when known (full convolutions then pad by one precomputed gather; any other
+    input size still works). The last layer outputs exactly zero at initialization.
     """
     check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
     if isinstance(hidden, int | str) or not isinstance(hidden, Sequence):
@@ -75,7 +77,7 @@ def build_context_net(
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         if conv == "full":
-            layer = ConvNd(nd, c_in, c_out, kernel_size, **factory)
+            layer = ConvNd(nd, c_in, c_out, kernel_size, lattice=lattice, **factory)
         elif conv == "factorized":
             layer = CPConvNd(nd, c_in, c_out, kernel_size, rank=rank, **factory)
         else:

@@ -77,29 +77,34 @@ def check_input(
 
 
 def periodic_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fold: bool = False
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fold: bool = False,
+    pad_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Periodic "same" convolution of ``x: [B, C_in, *L]`` with ``weight: [C_out, C_in, *k]``.
 
     Returns ``[B, C_out, *L]``. Nd = ``weight.dim() - 2``; native for Nd <= 3 unless ``fold``,
-    folded (module docstring) otherwise.
+    folded (module docstring) otherwise. ``pad_index``: the table of :func:`pad_table` for the
+    (native) convolution's lattice, which pads by one gather instead of ``2 Nd + 1`` copies.
     """
     nd = weight.dim() - 2
     if nd in _NATIVE_CONV and not fold:
-        return _native_periodic_conv(x, weight, bias)
-    return _folded_periodic_conv(x, weight, bias)
+        return _native_periodic_conv(x, weight, bias, pad_index)
+    return _folded_periodic_conv(x, weight, bias, pad_index)
 
 
 def _native_periodic_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    pad_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     ks = weight.shape[2:]
-    x = circular_pad(x, tuple(k // 2 for k in ks))
+    pads = tuple(k // 2 for k in ks)
+    x = circular_pad(x, pads) if pad_index is None else gather_pad(x, pad_index, pads)
     return _NATIVE_CONV[len(ks)](x, weight, bias)
 
 
 def _folded_periodic_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    pad_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     b, c_in, l0, *rest = x.shape
     c_out, _, k0, *k_rest = weight.shape
@@ -108,7 +113,8 @@ def _folded_periodic_conv(
     xf = x.movedim(1, -1).reshape(b * l0, *rest, c_in).movedim(-1, 1)
     # [C_out, C_in, k0, *kR] -> [k0*C_out, C_in, *kR]: row i*C_out + o is slice weight[o, :, i]
     w = weight.movedim(2, 0).reshape(k0 * c_out, c_in, *k_rest)
-    y = periodic_conv(xf, w).view(b, l0, k0, c_out, *rest)  # the one dense (Nd-1)D convolution
+    # the one dense (Nd-1)D convolution
+    y = periodic_conv(xf, w, pad_index=pad_index).view(b, l0, k0, c_out, *rest)
     out = _ShiftSum.apply(y)  # [B, C_out, L0, *R]
     if bias is not None:
         out = out + bias.view(c_out, *([1] * (len(rest) + 1)))
@@ -128,6 +134,30 @@ def circular_pad(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
     if not any(pads):
         return x
     return _CircularPad.apply(x, pads)
+
+
+def pad_table(shape: Sequence[int], pads: Sequence[int]) -> torch.Tensor:
+    """Flat source site of every site of the periodically padded lattice, for
+    :func:`gather_pad`: ``[prod(L_a + 2 p_a)]`` int64 indices into ``[prod(L_a)]``."""
+    grids = torch.meshgrid(*[torch.remainder(torch.arange(-p, n + p), n)
+                             for n, p in zip(shape, pads, strict=True)], indexing="ij")
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    return sum(g * s for g, s in zip(grids, strides, strict=True)).reshape(-1)
+
+
+def gather_pad(x: torch.Tensor, index: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """:func:`circular_pad` by one gather along the flattened lattice (``index``: :func:`pad_table`
+    of ``x``'s lattice): one operation forward, one index-add backward, in the memory layout of
+    ``x`` when it is contiguous or channels-last (others fall back to :func:`circular_pad`)."""
+    b, c, *lattice = x.shape
+    padded = [n + 2 * p for n, p in zip(lattice, pads, strict=True)]
+    if x.is_contiguous():
+        return x.reshape(b, c, -1).index_select(2, index).view(b, c, *padded)
+    last = x.movedim(1, -1)
+    if last.is_contiguous():  # channels-last: gather whole channel vectors
+        out = last.reshape(b, -1, c).index_select(1, index).view(b, *padded, c)
+        return out.movedim(-1, 1)
+    return circular_pad(x, pads)
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
@@ -248,6 +278,7 @@ class ConvNd(nn.Module):
         fold: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        lattice: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
@@ -262,6 +293,16 @@ class ConvNd(nn.Module):
         )
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+        # With the lattice known, the periodic padding is one gather from a precomputed table
+        # (of the (Nd-1)D lattice that the folded convolution pads).
+        self.lattice = None if lattice is None else tuple(lattice)
+        index = None
+        if self.lattice is not None:
+            native = nd in _NATIVE_CONV and not self.fold
+            axes = slice(0, nd) if native else slice(1, nd)
+            if native or nd - 1 in _NATIVE_CONV:
+                index = pad_table(self.lattice[axes], [k // 2 for k in self.kernel_size[axes]])
+        self.register_buffer("pad_index", index, persistent=False)
 
     def reset_parameters(self) -> None:
         """PyTorch's default convolution init, with the full Nd-dimensional fan-in."""
@@ -281,7 +322,8 @@ class ConvNd(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, C_in, *L] -> [B, C_out, *L]``."""
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
-        return periodic_conv(x, self.weight, self.bias, fold=self.fold)
+        index = self.pad_index if self.lattice == tuple(x.shape[2:]) else None
+        return periodic_conv(x, self.weight, self.bias, fold=self.fold, pad_index=index)
 
     def extra_repr(self) -> str:
         return (

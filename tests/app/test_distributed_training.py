@@ -117,3 +117,32 @@ def test_two_ranks_reproduce_one_process_path_gradient(tmp_path):
         ("loss", "ess", "grad_norm", "eval_ess"))
     a, b = _series(one, "inverse_error"), _series(two, "inverse_error")
     assert len(a) == len(b) > 0 and max(a + b) < 1e-9
+
+
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_signal_to_one_rank_stops_both_after_the_same_step(tmp_path, backend):
+    """SIGUSR1 to rank 1 alone: its vote rides in the step's one collective, both ranks stop
+    after the same step, checkpoint it, and exit 0 with identical parameters."""
+    run = tmp_path / "run"
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(WORKER), str(run), backend,
+           "train.steps=100000", "train.checkpoint_every=100000", "train.eval_every=0"]
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(int((run / "pid-r1").read_text()), signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    saved = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt"))
+    assert saved == [steps[-1]] and steps[-1] >= 3
+    p0 = torch.load(run / "params-r0.pt", weights_only=True)
+    p1 = torch.load(run / "params-r1.pt", weights_only=True)
+    assert all(torch.equal(p0[k], p1[k]) for k in p0)

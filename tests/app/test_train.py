@@ -348,3 +348,27 @@ def test_path_steps_with_a_broken_inverse_are_skipped_then_stop(tmp_path):
     assert trainer.run().step == 12 and trainer.skipped == 0
     errors = [r["inverse_error"] for r in read_metrics(tmp_path / "off" / "metrics.jsonl")]
     assert all(abs(e - 5.0) < 1e-3 for e in errors)
+
+
+def test_stop_reason_from_summed_votes():
+    """The votes of all ranks are summed in the step's collective; any vote stops, a signal
+    is named before the wall time, and no vote means go on."""
+    from hpcflow.app.train import _STOP_REASONS, _stop_reason
+
+    assert _STOP_REASONS == ("SIGTERM", "SIGUSR1", "SIGINT", "walltime")
+    assert _stop_reason([0.0, 0.0, 0.0, 0.0]) == ""
+    assert _stop_reason([0.0, 0.0, 0.0, 2.0]) == "walltime"
+    assert _stop_reason([0.0, 1.0, 0.0, 2.0]) == "signal SIGUSR1"
+    assert _stop_reason([1.0, 1.0, 1.0, 0.0]) == "signal SIGTERM"
+
+
+def test_votes_of_this_rank(tmp_path):
+    """A received signal and a wall time about to run out are this rank's votes."""
+    cfg = load_config(None, TINY)
+    trainer = Trainer(cfg, run_ctx(tmp_path))
+    assert trainer._stop_votes().tolist() == [0.0, 0.0, 0.0, 0.0]
+    trainer._signal = signal.SIGUSR1
+    trainer._walltime = 1.0  # seconds after _t_start, less than the 5 s margin
+    assert trainer._stop_votes().tolist() == [0.0, 1.0, 0.0, 1.0]
+    trainer.train_step()
+    assert trainer._stop_reason == "signal SIGUSR1"

@@ -39,6 +39,7 @@ def rank_inputs(rank: int) -> dict:
             torch.tensor([rank % 2 == 0, True]),
             torch.tensor(rank + 0.5),  # 0-d counts as [1]
         ],
+        "sums": torch.randn(5, generator=g, dtype=torch.float64),
         "bcast": [
             torch.randn(4, 2, generator=g, dtype=torch.float64),
             torch.randint(0, 100, (3,), generator=g),
@@ -67,7 +68,9 @@ def collectives(comm, out: Path) -> None:
     tensors = [t.clone() for t in x["mean32"]]
     comm.allreduce_mean_(tensors)
     got["mean32"] = tensors
-    got["repairs"] = comm.repairs
+    # float32 gradients with float64 sums: one float64 buffer, the sums not divided
+    tensors = [t.clone() for t in x["mean32"]]
+    got["with_sums"] = (comm.allreduce_mean_(tensors, sums=x["sums"].clone()), tensors)
 
     got["gather"] = [comm.allgather(t) for t in x["gather"]]
 
@@ -98,6 +101,13 @@ def collectives(comm, out: Path) -> None:
     got["model"] = {k: v.clone() for k, v in model.state_dict().items()}
     got["grads"] = [p.grad.clone() for p in model.parameters()]
     got["opt_exp_avg"] = opt.state_dict()["state"][0]["exp_avg"].clone()
+    got["replicas_agree"] = comm.check_replicas_(model, opt)
+    if r != 0:  # one rank drifts by one ulp: found and repaired on both ranks
+        with torch.no_grad():
+            model.weight[0, 0] = torch.nextafter(model.weight[0, 0], torch.tensor(9.0).double())
+    got["replicas_drifted"] = comm.check_replicas_(model, opt)
+    got["repaired_model"] = {k: v.clone() for k, v in model.state_dict().items()}
+    got["repairs"] = comm.repairs
 
     comm.barrier()
     torch.save(got, out / f"rank{r}.pt")

@@ -1,5 +1,6 @@
-"""Communicator semantics in one process: NoneComm, backend selection and its errors, and the
-consistency repair of allreduce_mean_ (with a scripted fake peer)."""
+"""Communicator semantics in one process: NoneComm, backend selection and its errors, the sums
+that ride with allreduce_mean_, and the replica check and its repair (with a scripted fake
+peer)."""
 
 import subprocess
 import sys
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from hpcflow.distributed import BackendError, Communicator, NoneComm, make_communicator
-from hpcflow.distributed.comm import _agree, _fingerprint, _pack_floats, _unpack_floats_
+from hpcflow.distributed.comm import (
+    _FP_CHUNK,
+    _agree,
+    _fingerprint,
+    _pack_floats,
+    _state_tensors,
+    _unpack_floats_,
+)
 
 LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
                  "PALS_RANKID", "SLURM_PROCID", "SLURM_STEP_ID", "RANK", "WORLD_SIZE")
@@ -119,53 +127,93 @@ def test_pack_unpack_round_trip_mixed_dtypes():
     assert _pack_floats(ts[1:2], torch.device("cpu")).dtype == torch.float32
 
 
+def test_none_sums_ride_along_unchanged(comm):
+    """One process: the mean is the identity and the sums come back as given."""
+    a = torch.randn(3, dtype=torch.float64)
+    sums = torch.tensor([1.0, 0.0, 2.5], dtype=torch.float32)
+    a0 = a.clone()
+    out = comm.allreduce_mean_([a], sums=sums)
+    assert torch.equal(a, a0) and torch.equal(out, sums)
+    assert comm.allreduce_mean_([a]) is None
+    with pytest.raises(TypeError, match="floating"):
+        comm.allreduce_mean_([a], sums=torch.zeros(2, dtype=torch.int64))
+    lin = torch.nn.Linear(2, 2)
+    assert torch.equal(comm.allreduce_gradients_(lin.parameters(), sums=sums), sums)
+
+
 def test_fingerprint_sees_one_ulp():
     x = torch.randn(1000, dtype=torch.float64)
     y = x.clone()
     y[517] = torch.nextafter(y[517], torch.tensor(np.inf, dtype=torch.float64))
-    hx, hy = _fingerprint(x), _fingerprint(y)
+    hx, hy = _fingerprint([x]), _fingerprint([y])
     assert _agree(hx) and not _agree(torch.maximum(hx, hy))  # the MAX-allreduce of two ranks
     assert hx[0] != hy[0]
     x_flip = x.clone()
     x_flip[10] = -x_flip[10]
-    assert _fingerprint(x_flip)[0] != hx[0]  # a sign alone counts too
-    odd = torch.randn(7, dtype=torch.float32)  # odd count of float32: 32-bit words
+    assert _fingerprint([x_flip])[0] != hx[0]  # a sign alone counts too
+    odd = torch.randn(7, dtype=torch.float32)  # odd count of float32: a zero-padded last word
     odd2 = odd.clone()
     odd2[6] = torch.nextafter(odd2[6], odd2[6] + 1)
-    assert _fingerprint(odd)[0] != _fingerprint(odd2)[0]
+    assert _fingerprint([odd])[0] != _fingerprint([odd2])[0]
     z = x.clone()
     z[3], z[4] = torch.nextafter(z[3], z[3] + 1), torch.nextafter(z[4], z[4] - 1)
-    assert _fingerprint(z)[0] != hx[0]  # compensating differences do not cancel
+    assert _fingerprint([z])[0] != hx[0]  # compensating differences do not cancel
+
+
+def test_fingerprint_of_several_tensors_and_chunks():
+    """Order, tensor boundaries and the chunk a word falls in all count; a view at an odd
+    offset and a 0-d tensor hash like their copies."""
+    a = torch.randn(_FP_CHUNK + 5, dtype=torch.float64)  # two chunks
+    b = torch.arange(3, dtype=torch.int64)
+    h = _fingerprint([a, b])[0]
+    assert h != _fingerprint([b, a])[0]
+    a2 = a.clone()
+    a2[_FP_CHUNK + 1] = torch.nextafter(a2[_FP_CHUNK + 1], a2[_FP_CHUNK + 1] + 1)
+    assert _fingerprint([a2, b])[0] != h
+    swapped = a.clone()  # the same word moved to the same offset of the other chunk
+    swapped[1], swapped[_FP_CHUNK + 1] = a[_FP_CHUNK + 1], a[1]
+    assert _fingerprint([swapped, b])[0] != h
+    f = torch.randn(9, dtype=torch.float32)
+    assert torch.equal(_fingerprint([f[1:]]), _fingerprint([f[1:].clone()]))
+    assert torch.equal(_fingerprint([torch.tensor(2.5)]), _fingerprint([torch.tensor([2.5])]))
+    assert _agree(_fingerprint([]))
+
+
+def _trained_pair(seed: int):
+    """A small model and its Adam optimizer after one step (state exists)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2).double()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, amsgrad=True)
+    model(torch.randn(4, 3, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    return model, opt
 
 
 class _FakePeer(Communicator):
-    """Rank 1 of 2 whose sum comes out one ulp off rank 0's (as an unlucky reduction could)."""
+    """Rank 1 of 2; "rank 0" holds ``root_model`` and ``root_opt``."""
 
     backend = "fake"
 
-    def __init__(self):
+    def __init__(self, root_model, root_opt):
         super().__init__()
         self.rank, self.size = 1, 2
-        self.root_result = None
+        self.root_model, self.root_opt = root_model, root_opt
         self.broadcasts = 0
 
     def _allreduce_(self, t, op):
-        if op == "sum":
-            self.root_result = (t * 2).clone()  # what "rank 0" got
-            t.mul_(2)
-            t[0] = torch.nextafter(t[0], t[0] + 1)
-        else:  # max of [h, -h] against rank 0's fingerprint
-            t.copy_(torch.maximum(t, _fingerprint(self.root_result / 2)))
+        assert op == "max"  # the fingerprint of rank 0 against ours
+        t.copy_(torch.maximum(t, _fingerprint(_state_tensors(self.root_model, self.root_opt))))
 
     def _broadcast_(self, buf, root):
         self.broadcasts += 1
-        buf.copy_((self.root_result / 2).view(torch.uint8))
+        root_state = list(self.root_model.state_dict().values())
+        buf.copy_(torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in root_state]))
 
     def _allgather_rows(self, rows):
         raise NotImplementedError
 
     def broadcast_object(self, obj=None, root=0):
-        raise NotImplementedError
+        return self.root_opt.state_dict()
 
     def barrier(self):
         pass
@@ -174,13 +222,33 @@ class _FakePeer(Communicator):
         raise NotImplementedError
 
 
-def test_disagreeing_ranks_are_repaired_from_root():
-    comm = _FakePeer()
-    x = torch.randn(5, dtype=torch.float64)
-    y = x.clone()
-    comm.allreduce_mean_([y])
-    assert comm.broadcasts == 1 and comm.repairs == 1
-    assert torch.equal(y, x)  # rank 0's (x + x) / 2, not the perturbed sum
+def test_equal_replicas_pass_without_broadcast():
+    model, opt = _trained_pair(0)
+    twin, twin_opt = _trained_pair(0)
+    comm = _FakePeer(twin, twin_opt)
+    assert comm.check_replicas_(model, opt)
+    assert comm.broadcasts == 0 and comm.repairs == 0
+
+
+def test_differing_replicas_are_repaired_from_root():
+    """A parameter one ulp off, or only the optimizer's moments off: detected; afterwards the
+    model and the optimizer state are rank 0's, bit for bit."""
+    root, root_opt = _trained_pair(0)
+    model, opt = _trained_pair(0)
+    with torch.no_grad():
+        model.weight[0, 0] = torch.nextafter(model.weight[0, 0], torch.tensor(9.0).double())
+    comm = _FakePeer(root, root_opt)
+    assert not comm.check_replicas_(model, opt)
+    assert comm.repairs == 1 and comm.broadcasts == 1
+    assert all(torch.equal(a, b) for a, b in zip(_state_tensors(model, opt),
+                                                 _state_tensors(root, root_opt), strict=True))
+    model, opt = _trained_pair(0)
+    opt.state_dict()["state"][0]["exp_avg"].add_(1e-3)  # the moments alone
+    comm = _FakePeer(root, root_opt)
+    assert not comm.check_replicas_(model, opt) and comm.repairs == 1
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"],
+                       root_opt.state_dict()["state"][0]["exp_avg"])
+    assert NoneComm(device="cpu").check_replicas_(model, opt)  # one rank: nothing to compare
 
 
 def test_none_abort_exits_with_code():

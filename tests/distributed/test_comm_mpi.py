@@ -1,9 +1,11 @@
 """Real multi-process tests: ``mpiexec -n 2`` runs tests/dist/mpi_worker.py for each backend.
 
 Properties: allreduce_mean_ equals the mean computed in one process and is bitwise identical
-on both ranks; allgather concatenates unequal lengths in rank order; broadcasts of tensors,
-objects, a model and optimizer state; reductions keep their types; an exception on one rank
-ends the whole job quickly (no hang); abort_all ends it with the chosen status.
+on both ranks, and sums that ride along come back summed; the replica check passes identical
+ranks and repairs a drifted one; allgather concatenates unequal lengths in rank order;
+broadcasts of tensors, objects, a model and optimizer state; reductions keep their types; an
+exception on one rank ends the whole job quickly (no hang); abort_all ends it with the chosen
+status.
 
 The Horovod cases run in the normal suite and FAIL (never skip) when Horovod is missing:
 ``bash launch/install_horovod.sh .venv`` builds it.
@@ -121,7 +123,20 @@ def test_allreduce_mean_matches_one_process_and_is_identical(backend, tmp_path_f
     for a, b, got0, got1 in zip(x0["mean32"], x1["mean32"], r0["mean32"], r1["mean32"],
                                 strict=True):
         assert bits_equal(got0, got1) and bits_equal(got0, (a + b) / 2)
-    assert r0["repairs"] == r1["repairs"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sums_ride_with_the_mean(backend, tmp_path_factory):
+    """``allreduce_mean_(tensors, sums=s)``: the float64 sums come back summed (not divided),
+    and they make the buffer float64, so the float32 means are exact float64 means rounded."""
+    r0, r1 = results(backend, tmp_path_factory)
+    x0, x1 = rank_inputs(0), rank_inputs(1)
+    (s0, m0), (s1, m1) = r0["with_sums"], r1["with_sums"]
+    assert bits_equal(s0, s1) and bits_equal(s0, x0["sums"] + x1["sums"])
+    for a, b, got0, got1 in zip(x0["mean32"], x1["mean32"], m0, m1, strict=True):
+        wide = torch.complex128 if a.is_complex() else torch.float64
+        ref = ((a.to(wide) + b.to(wide)) / 2).to(a.dtype)
+        assert bits_equal(got0, got1) and bits_equal(got0, ref)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -178,6 +193,19 @@ def test_model_gradients_and_optimizer_state(backend, tmp_path_factory):
     for key in r0["model"]:
         assert bits_equal(r0["model"][key], r1["model"][key])
     assert bits_equal(r0["opt_exp_avg"], r1["opt_exp_avg"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replica_check_finds_and_repairs_a_drifted_rank(backend, tmp_path_factory):
+    """Identical replicas pass; after rank 1 drifts by one ulp both ranks see the mismatch,
+    and rank 1 ends with rank 0's parameters, bit for bit."""
+    r0, r1 = results(backend, tmp_path_factory)
+    assert r0["replicas_agree"] and r1["replicas_agree"]
+    assert not r0["replicas_drifted"] and not r1["replicas_drifted"]
+    assert r0["repairs"] == r1["repairs"] == 1
+    for key in r0["model"]:
+        assert bits_equal(r1["repaired_model"][key], r0["model"][key])
+        assert bits_equal(r0["repaired_model"][key], r0["model"][key])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,8 +2,9 @@
 
 Checked: the eigen-decomposition and its gradients (also at degenerate eigenvalues),
 conjugation and permutation equivariance, invertibility, the log-Jacobian against autograd in
-Lie-algebra coordinates (docs/physics.md recipe), the identity at zero parameters, the link update,
-gauge-invariant features, the Haar normalization of exp(log J), and one coupling layer.
+Lie-algebra coordinates (docs/physics.md recipe) and its limits on the edges of the SU(3) cell,
+the identity at zero parameters, the link update, gauge-invariant features, the Haar normalization
+of exp(log J), constants cached in inference mode, and one coupling layer.
 """
 
 import math
@@ -239,6 +240,71 @@ def test_locally_scalar_at_centre_elements(n):
         c = math.exp(log_j0.item() / (n * n - 1))
         assert abs(math.log(c)) > 0.02  # not the identity map: c eps |x| differs from eps |x|
         assert (w_new / z - torch.matrix_exp(c * eps * x)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_su3_log_j_continuous_onto_edges_and_corners(inverse):
+    """On the edges of the canonical cell (two equal eigenvalues: r = 0, r = 1, w = 1) and at its
+    corners (identity, centre elements) the Weyl ratios are 0/0 and take their limits, the slopes
+    of the 1D maps (at the centre elements for 1 - w r and 1 - w (1 - r) too, through the tied end
+    slopes). log J there equals log J 1e-11 inside the cell to 1e-7 (its derivative reaches ~600
+    here), so the limits are the right ones."""
+    lt = SUNTransform(SUN(3), bins=8)
+    params = _params(lt, (), seed=33, scale=0.5)
+    edge = torch.tensor([[0.0, 0.5], [0.6, 0.0], [0.6, 1.0], [1.0, 0.3], [1.0, 0.0], [1.0, 1.0]],
+                        dtype=F64)
+    step = torch.tensor([[1, 0], [0, 1], [0, -1], [-1, 0], [-1, 1], [-1, -1]], dtype=F64)
+
+    def log_j(cell):
+        phi = su3_from_cell(cell[:, 0], cell[:, 1])
+        phi = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi  # an SU(3) spectrum
+        return lt.spectral(phi, params, inverse=inverse)[1]
+
+    at, inside = log_j(edge), log_j(edge + 1e-11 * step)
+    assert torch.isfinite(at).all()
+    assert (at - inside).abs().max() < 1e-7
+
+
+def test_constants_made_in_inference_mode_stay_out_of_autograd():
+    """The spectral maps cache small constant tensors per dtype and device; the first call may
+    come under torch.inference_mode (sampling), whose tensors autograd refuses to save. A later
+    differentiated transform must not receive them."""
+    import hpcflow.flows.spectral
+    import hpcflow.lattice.eigen
+
+    for module in (hpcflow.flows.spectral, hpcflow.lattice.eigen):
+        for obj in vars(module).values():
+            if hasattr(obj, "cache_clear"):
+                obj.cache_clear()
+    for n in (2, 3):
+        lt = SUNTransform(SUN(n), bins=4)
+        w = SUN(n).random((6,), generator=_gen(34))
+        params = _params(lt, (6,), seed=35)
+        with torch.inference_mode():
+            for inverse in (False, True):
+                lt.transform(w, params, inverse=inverse)
+        w.requires_grad_(True)
+        params.requires_grad_(True)
+        for inverse in (False, True):
+            w_new, log_j = lt.transform(w, params, inverse=inverse)
+            (w_new.real.sum() + log_j.sum()).backward()
+        assert torch.isfinite(torch.view_as_real(w.grad)).all()
+        assert torch.isfinite(params.grad).all()
+
+
+@pytest.mark.parametrize("n", GROUPS)
+def test_transform_traces_into_one_graph(n):
+    """torch.compile(fullgraph=True) captures the transform, forward and inverse, without a
+    graph break (``GaugeFlow.compile_layers`` needs that; the caches of constant tensors must
+    not query state that Dynamo cannot trace), and the captured graph gives eager's numbers."""
+    lt = SUNTransform(SUN(n), bins=4)
+    w = SUN(n).random((3, 4), generator=_gen(36))
+    params = _params(lt, (3, 4), seed=37)
+    for inverse in (False, True):
+        compiled = torch.compile(lambda w, p, inverse=inverse: lt.transform(w, p, inverse=inverse),
+                                 fullgraph=True, backend="eager")
+        for a, b in zip(compiled(w, params), lt.transform(w, params, inverse=inverse), strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("n", GROUPS)

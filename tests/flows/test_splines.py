@@ -384,3 +384,27 @@ def test_interval_param_gradients_match_finite_differences():
             atol=1e-6,
             fast_mode=True,
         )
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("circular", [True, False])
+def test_hand_written_backward_matches_finite_differences_in_input_and_params(inverse, circular):
+    """The splines' backward is written by hand (issue 19: a few dozen operations instead of
+    autograd's ~150): both outputs, with respect to the input and every parameter, in full
+    (not fast-mode) gradcheck, with unequal minimal widths and heights."""
+    k = 4
+    p = _params(7, 3 * k + 1, seed=5).requires_grad_(True)
+    if circular:
+        x = torch.tensor([0.1, 0.9, 1.7, 2.9, 3.6, 4.8, 6.1], dtype=F64, requires_grad=True)
+
+        def f(xx, q):
+            out, logdet = circular_rqs(xx, q, inverse=inverse, min_width=2e-3, min_height=1e-2)
+            return torch.cos(out), torch.sin(out), logdet
+    else:
+        x = torch.tensor([0.05, 0.3, 0.9, 1.2, 2.2, 2.8, 3.0], dtype=F64, requires_grad=True)
+
+        def f(xx, q):
+            return interval_rqs(xx, q, lower=0.0, upper=math.pi, inverse=inverse,
+                                min_width=2e-3, min_height=1e-2)
+
+    assert torch.autograd.gradcheck(f, (x, p), eps=1e-6, atol=1e-6)

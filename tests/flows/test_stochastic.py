@@ -193,8 +193,15 @@ def test_gradient_is_the_sum_of_each_layers_own_work_at_fixed_input(layer):
 
 def test_training_lowers_the_work_and_keeps_log_z_exact(tmp_path):
     """60 optimizer steps on 2D U(1) 6x6, a 4-step protocol: the mean work falls towards its
-    bound -log Z and its spread shrinks (measured: 23.0 -> 25.8 of 29.7, variance 14 -> 8),
-    log Z stays right."""
+    bound -log Z and its spread shrinks (measured: 23.0 -> 25.7 of 29.7, variance 14 -> 8),
+    log Z stays right.
+
+    The log-weights stay heavy-tailed (variance 8, ESS 1-3 %): an estimate that misses the
+    largest weights is low and its delta-method error, taken from the same sample, too small
+    (hpcflow/estimators.py). Measured on 28 exact draws of 2048 (two trained models, the
+    counter-based and the former per-sample-generator prior): pulls from -6.1 to +1.6, four
+    below -3, none above +2. Hence 8192 draws and an asymmetric bound: 3 errors above, 5 below
+    (pulls at 8192: -3.4 .. +0.7 in 8 draws); a wrong work or log-det moves log Z by far more."""
     from hpcflow.app.train import Trainer
     from tests.helpers import run_ctx
 
@@ -206,7 +213,7 @@ def test_training_lowers_the_work_and_keeps_log_z_exact(tmp_path):
     trainer = Trainer(cfg, run_ctx(tmp_path))
     _, lw_before = draw(cfg, 2048, model=trainer.model)
     trainer.run()
-    _, lw_after = draw(cfg, 2048, model=trainer.model)
+    _, lw_after = draw(cfg, 8192, model=trainer.model)
     lz_exact = exact.u1_2d_log_z(2.0, 36)
     print(f"mean W {-lw_before.mean():.3f} -> {-lw_after.mean():.3f} (bound {-lz_exact:.3f}); "
           f"var {lw_before.var():.2f} -> {lw_after.var():.2f}; "
@@ -214,4 +221,4 @@ def test_training_lowers_the_work_and_keeps_log_z_exact(tmp_path):
     assert -lw_after.mean() < -lw_before.mean() - 1.0
     assert lw_after.var() < 0.8 * lw_before.var()
     lz = log_z_estimate(lw_after)
-    assert abs(lz.value - lz_exact) < 3 * lz.error
+    assert -5 * lz.error < lz.value - lz_exact < 3 * lz.error

@@ -15,8 +15,10 @@ from hpcflow.lattice.loops import (
     loops_of_shape,
     path_indices,
     path_product,
+    path_table,
     reroot,
     reverse,
+    table_product,
 )
 from tests.helpers import GROUPS, SHAPES, random_links
 
@@ -107,6 +109,32 @@ def test_gathered_product_equals_walker(name, nd):
                 a = gathered_product(flat_theta, index, backward, Angles())
                 assert torch.allclose(a, path_product(theta, path, Angles())[:, sites],
                                       atol=1e-12)
+
+
+@pytest.mark.parametrize("name", GROUPS)
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_one_table_for_many_paths_equals_walker(name, nd):
+    """:func:`path_table` + :func:`table_product`: paths of different lengths (padded with the
+    unit element) and orientations in one gather from ``[U, U^dagger, 1]`` equal the walker at
+    their sites, for matrices and angles (the coupling layers' loops, issue 19)."""
+    shape = SHAPES[nd]
+    gen = torch.Generator().manual_seed(12)
+    group, links = random_links(name, shape, batch=2, generator=gen)
+    theta = torch.rand((2, nd, *shape), generator=gen, dtype=torch.float64) * 6.3
+    paths, sites = [], []
+    for sh in LOOP_SHAPES:
+        for loop in loops_of_shape(sh, nd)[:3]:
+            paths += [loop.path, loop.path[:3]]
+            sites += [torch.rand(shape, generator=gen) < 0.5, torch.ones(shape, dtype=bool)]
+    table = path_table(paths, shape, sites)
+    assert table.shape == (sum(int(s.sum()) for s in sites), 6)
+    w = table_product(group.extend(links.reshape(2, -1, group.nc, group.nc)), table, group)
+    a = table_product(Angles().extend(theta.reshape(2, -1)), table, Angles())
+    pairs = list(zip(paths, sites, strict=True))
+    expected_w = torch.cat([path_product(links, p, group)[:, s] for p, s in pairs], dim=1)
+    expected_a = torch.cat([path_product(theta, p, Angles())[:, s] for p, s in pairs], dim=1)
+    assert torch.allclose(w, expected_w, atol=1e-12)
+    assert torch.allclose(a, expected_a, atol=1e-12)
 
 
 @pytest.mark.parametrize("nd", [2, 3, 4])

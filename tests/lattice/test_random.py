@@ -1,5 +1,6 @@
 """Counter-based random numbers (Philox4x32-10): known answers, the bit mapping, uniformity,
-independence, and that a sample's numbers depend on its key alone."""
+independence, that a sample's numbers depend on its key alone, and the indexed layout (one
+key hashed from (seed, stream, step), the sample index in the counter)."""
 
 import math
 
@@ -12,6 +13,9 @@ from hpcflow.lattice import random as rnd
 from hpcflow.lattice.random import (
     MASK32,
     block_uniforms,
+    derive_key,
+    indexed_normal,
+    indexed_uniform,
     normal,
     philox4x32,
     stream_keys,
@@ -177,6 +181,55 @@ def test_stream_keys_are_seed_sequence_hashes():
         stream_keys(-1, 0, [0])
 
 
+def _pair_uniforms(words: torch.Tensor) -> torch.Tensor:
+    """The two float64 uniforms of one block's words ``[4]``."""
+    return torch.stack([words_to_uniform((words[0], words[1])),
+                        words_to_uniform((words[2], words[3]))])
+
+
+def test_indexed_layout_reproduces_known_answers():
+    """Key 0, index 0, block 0 gives the words of the Random123 zero vector; in general block
+    ``n`` of index ``i`` is Philox((n lo, n hi, i lo, i hi), key): checked at the pi vector's
+    key and an index above 2^32 (its counter words 2 and 3)."""
+    counter0, key0, words0 = KAT[0]
+    u = indexed_uniform(key0, torch.tensor([0]), (2,))
+    assert torch.equal(u[0], _pair_uniforms(torch.tensor(words0)))
+    u32 = indexed_uniform(key0, torch.tensor([0]), (4,), dtype=torch.float32)
+    assert torch.equal(u32[0], words_to_uniform((torch.tensor(words0),), torch.float32))
+    counter, key, _ = KAT[2]
+    index = counter[2] | counter[3] << 32
+    u = indexed_uniform(key, torch.tensor([5, index]), (7,))
+    assert u.shape == (2, 7)
+    for n in range(4):
+        words = philox4x32(torch.tensor([n, 0, counter[2], counter[3]]), torch.tensor(key))
+        assert torch.equal(u[1, 2 * n: 2 * n + 2], _pair_uniforms(words)[: 7 - 2 * n])
+
+
+def test_indexed_numbers_do_not_depend_on_the_batch():
+    key = derive_key(3, 4, 5, tag=17)
+    idx = torch.tensor([0, 9, 2**40 + 3, 7])
+    for fn in (indexed_uniform, indexed_normal):
+        for dtype in (torch.float64, torch.float32):
+            batch = fn(key, idx, (5, 3), dtype=dtype)
+            assert batch.shape == (4, 5, 3) and batch.dtype == dtype
+            assert torch.equal(fn(key, idx[[3, 1]], (5, 3), dtype=dtype), batch[[3, 1]])
+            assert torch.equal(fn(key, idx[2:3], (5, 3), dtype=dtype), batch[2:3])
+    assert indexed_uniform(key, torch.tensor([], dtype=torch.int64), (4,)).shape == (0, 4)
+
+
+def test_derive_key_is_the_documented_two_block_hash():
+    seed, stream, step, tag = 0x123456789ABCDEF0, (5 << 32) + 0xFEDCBA98, (1 << 40) + 7, 0xC0FFEE
+    first = philox4x32(torch.tensor([seed & MASK32, seed >> 32, stream & MASK32, stream >> 32]),
+                       torch.tensor([tag, 0]))
+    second = philox4x32(torch.tensor([step & MASK32, step >> 32, 0, 0]), first[:2])
+    assert derive_key(seed, stream, step, tag=tag) == tuple(second[:2].tolist())
+    assert derive_key(seed, stream, step, tag=tag + 1) != derive_key(seed, stream, step, tag=tag)
+    for bad in ({"seed": -1}, {"stream": 1 << 64}, {"step": -2}, {"tag": 1 << 32}):
+        args = {"seed": 0, "stream": 0, "step": 0, "tag": 0} | bad
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            derive_key(**args)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA device: the same Philox numbers on CPU and GPU")
@@ -186,3 +239,8 @@ def test_same_numbers_on_cuda():
     assert torch.equal(cpu, gpu.cpu())
     assert philox4x32(torch.tensor(KAT[2][0]).cuda(), torch.tensor(KAT[2][1]).cuda()).tolist() \
         == list(KAT[2][2])
+    idx = torch.tensor([0, 3, 2**40 + 1])
+    key = derive_key(1, 2, 3, tag=4)
+    for dtype in (torch.float64, torch.float32):
+        assert torch.equal(indexed_uniform(key, idx, (30_001,), dtype=dtype),
+                           indexed_uniform(key, idx.cuda(), (30_001,), dtype=dtype).cpu())

@@ -144,3 +144,30 @@ def test_bad_input_raises():
         layer(torch.randn(1, 3, 4, 4, 4, 4))
     with pytest.raises(ValueError, match="wraps"):
         layer(torch.randn(1, 2, 4, 4, 1, 4))
+
+
+@pytest.mark.parametrize("nd, fold", [(1, False), (2, False), (3, False), (3, True), (4, False)])
+def test_gather_padding_equals_copy_padding(nd, fold):
+    """A convolution that knows its lattice pads by one gather from a table (issue 19: one
+    operation instead of 2 Nd + 1 copies); values and gradients equal the copying pad, for
+    contiguous and channels-last inputs (the folded 4D convolution pads channels-last)."""
+    from hpcflow.nn.conv import circular_pad, gather_pad, pad_table
+
+    lattice = (5, 4, 3, 4)[:nd]
+    torch.manual_seed(nd)
+    known = ConvNd(nd, 3, 4, 3, fold=fold, dtype=torch.float64, lattice=lattice)
+    plain = ConvNd(nd, 3, 4, 3, fold=fold, dtype=torch.float64)
+    plain.load_state_dict(known.state_dict())
+    x = torch.randn(2, 3, *lattice, dtype=torch.float64, requires_grad=True)
+    a, b = known(x), plain(x)
+    assert known.pad_index is not None
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    ga = torch.autograd.grad(a.square().sum(), (x, known.weight))
+    gb = torch.autograd.grad(b.square().sum(), (x, plain.weight))
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-12)
+    pads = (1,) * nd
+    for t in (x, x.movedim(1, -1).contiguous().movedim(-1, 1)):
+        assert torch.equal(gather_pad(t, pad_table(lattice, pads), pads), circular_pad(t, pads))
+    other = torch.randn(1, 3, *(n + 1 for n in lattice), dtype=torch.float64)
+    torch.testing.assert_close(known(other), plain(other), rtol=0, atol=1e-13)  # other sizes

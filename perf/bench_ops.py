@@ -1,0 +1,209 @@
+"""Operator count and step time of the flow, side by side with an earlier revision in one run.
+
+For each configuration: the ATen operator calls of one forward + backward pass at batch 1 (the
+reparameterized reverse-KL loss), counted two ways: every `aten::` event `torch.profiler`
+records (nested calls included, as in the issue's figures) and the top-level calls a
+`TorchDispatchMode` sees (closer to kernel launches); then the median time of a batch-64
+training step (the loss of the configuration's `train.gradient`, backward, Adam step) in eager
+mode, and with `--compile` the same step with the coupling layers compiled
+(`GaugeFlow.compile_layers`, config key `distributed.compile`). One thread throughout.
+
+`--baseline REV` extracts `hpcflow/` of git revision `REV` into a temporary folder and measures
+it in a subprocess on the same prior links and parameters, so the table compares both codes on
+one machine in one run. Both codes also run the flow in float64 (same parameters, same links):
+the last column is the largest difference of `log q` (the issue asks for 1e-10).
+
+    python perf/bench_ops.py [--configs configs/u1_2d.yaml ...] [--baseline 942f697] \
+        [--batch 64] [--repeats 5] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ["configs/u1_2d.yaml", "configs/u1_3d.yaml", "configs/su3_4d.yaml"]
+
+
+def _count_dispatch(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as c:
+        fn()
+    return sum(c.n.values())
+
+
+def _count_profiler(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | None,
+            overrides: list[str]) -> dict:
+    """Worker: counts and times for one configuration with the code on ``sys.path``
+    (``repeats = 0``: only ``log q`` of the batch, for the float64 comparison)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import time_it
+
+    from hpcflow import build_action, build_model, load_config
+    from hpcflow.app.propose import path_log_prob
+
+    torch.set_num_threads(1)
+    cfg = load_config(str(ROOT / config), overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if compiled:
+        model.compile_layers()
+    if state and Path(state).exists():
+        model.load_state_dict(torch.load(state))
+    else:
+        with torch.no_grad():  # a generic (non-identity) flow
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        if state:
+            torch.save(model.state_dict(), state)
+    action = build_action(cfg)
+    path = cfg.train.gradient == "path"
+    group = model.group
+    gen = torch.Generator().manual_seed(1234)
+    noise = group.noise((len(model.shape), *model.shape), dtype=model.complex_dtype,
+                        generator=gen)
+    z1 = group.from_noise(noise.unsqueeze(0))
+    zb = group.from_noise(torch.stack([group.noise((len(model.shape), *model.shape),
+                                                   dtype=model.complex_dtype, generator=gen)
+                                       for _ in range(batch)]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+    def loss_of(z):
+        u, logdet = model(z)
+        if path:
+            return (path_log_prob(model, u) + action(u)).mean()
+        return (action(u) - logdet).mean()
+
+    def step1():  # the flow's forward + backward (reparameterized loss), as the issue counts
+        u, logdet = model(z1)
+        (action(u) - logdet).mean().backward()
+
+    def step_b():
+        optimizer.zero_grad()
+        loss_of(zb).backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        log_q = (-model(zb)[1]).tolist()
+    if repeats == 0:
+        return {"log_q": log_q}
+    step1()  # warm-up (and compilation)
+    # a compiled step runs fused kernels: the counts describe eager code only
+    n_dispatch = None if compiled else _count_dispatch(step1)
+    n_profiler = None if compiled else _count_profiler(step1)
+    t = time_it(step_b, torch.device("cpu"), repeats=repeats, warmup=2)
+    import hpcflow
+    return {"config": config, "code_path": str(Path(hpcflow.__file__).parent),
+            "gradient": cfg.train.gradient, "dtype": cfg.model.dtype,
+            "ops_profiler": n_profiler, "ops_dispatch": n_dispatch,
+            "step_ms": t["median_ms"], "batch": batch, "log_q": log_q}
+
+
+def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
+                float64: bool = False) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", "--configs", config, "--state", state,
+           "--batch", str(8 if float64 else args.batch), "--repeats",
+           str(0 if float64 else args.repeats)] + (["--compile"] if compiled else [])
+    cmd += ["--set", "model.dtype=float64"] if float64 else []
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"worker failed for {config} ({code_root}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=DEFAULT)
+    p.add_argument("--baseline", default=None, help="git revision to compare with")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also time the compiled path")
+    p.add_argument("--out", default="perf/out/bench_ops.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--state", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.configs[0], args.batch, args.repeats, args.compile,
+                                 args.state, args.set)))
+        return
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine, print_table, write_json
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base_root = None
+        if args.baseline:
+            base_root = Path(tmp) / "baseline"
+            base_root.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline, "hpcflow"], cwd=ROOT,
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(base_root)], input=archive, check=True)
+        for i, config in enumerate(args.configs):
+            state = str(Path(tmp) / f"state{i}.pt")
+            runs = []
+            if base_root is not None:
+                runs.append(("baseline " + args.baseline, _run_worker(base_root, args, config,
+                                                                      False, state)))
+            runs.append(("this tree", _run_worker(ROOT, args, config, False, state)))
+            if args.compile:
+                runs.append(("this tree, compiled", _run_worker(ROOT, args, config, True,
+                                                                state)))
+            # the same flow in float64 (its own parameters): log q of both codes to 1e-10
+            state64 = str(Path(tmp) / f"state{i}-f64.pt")
+            q64 = [_run_worker(root, args, config, False, state64, float64=True)["log_q"]
+                   for root in ([base_root] if base_root is not None else []) + [ROOT]]
+            ref = runs[0][1]
+            for name, r in runs:
+                dq = max(abs(a - b) for a, b in zip(r["log_q"], ref["log_q"], strict=True))
+                counted = r["ops_profiler"] is not None
+                rows.append({**{k: v for k, v in r.items() if k != "log_q"}, "code": name,
+                             "ops_ratio": ref["ops_profiler"] / r["ops_profiler"]
+                             if counted else None,
+                             "dispatch_ratio": ref["ops_dispatch"] / r["ops_dispatch"]
+                             if counted else None,
+                             "speedup": ref["step_ms"] / r["step_ms"], "max_dlogq": dq,
+                             "max_dlogq_f64": max(abs(a - b) for a, b in
+                                                  zip(q64[-1], q64[0], strict=True))})
+    print_table(rows, [("config", "config", ""), ("code", "code", ""),
+                       ("gradient", "gradient", ""), ("ops_profiler", "aten ops (profiler)", "d"),
+                       ("ops_dispatch", "aten ops (dispatch)", "d"),
+                       ("ops_ratio", "fewer x (profiler)", ".2f"),
+                       ("dispatch_ratio", "fewer x (dispatch)", ".2f"),
+                       ("step_ms", f"step ms (batch {args.batch})", ".1f"),
+                       ("speedup", "speed-up x", ".2f"), ("max_dlogq", "max |d log q|", ".1e"),
+                       ("max_dlogq_f64", "float64", ".1e")])
+    print(f"wrote {write_json(args.out, {'machine': machine(), 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
