@@ -434,8 +434,9 @@ class DistributedConfig:
     """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
     batch shape, no graph breaks, so no host synchronization inside a layer). Same results to
     rounding, the first step of each shape pays the compilation (about 10-90 s on a CPU, cached
-    by torch on disk afterwards); needs a C++ compiler on CPUs and Triton on GPUs. Measured:
-    perf/RESULTS.md, "Operations per step"."""
+    by torch on disk afterwards); needs a C++ compiler on CPUs and Triton on GPUs. On CPUs the
+    generated loops run on one thread (a torch 2.13 crash with more), so it pays there only with
+    one thread per rank. Measured: perf/RESULTS.md, "Operations per step"."""
     tf32: bool = False
     """Allow TensorFloat-32 (10-bit mantissa) in float32 matrix products and convolutions on
     NVIDIA GPUs: faster, but ~5e-4 relative error per product in log q. Default: full
