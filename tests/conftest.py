@@ -8,6 +8,18 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: small lattices run faster and do not fight parallel
+    jobs (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     """Skip ``gpu`` tests without CUDA; then fail the run when a ``tests/**/test_*.py`` file

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..lattice.groups import SUN, U1, Group
+from ..lattice.groups import Group
 from ..lattice.random import derive_key, indexed_normal, indexed_uniform
 
 __all__ = [
@@ -67,16 +67,6 @@ def _index_tensor(indices, device) -> torch.Tensor:
     return torch.from_numpy(idx).to(device)
 
 
-def _noise_draw(group: Group):
-    """The counter-based twin of ``group.noise``: U(1) draws uniforms, SU(N) standard normals
-    (hpcflow/lattice/groups.py); shapes and dtypes come from ``group.noise`` itself."""
-    if isinstance(group, U1):
-        return indexed_uniform
-    if isinstance(group, SUN):
-        return indexed_normal
-    raise TypeError(f"haar_prior knows the noise of U1 and SU(N), not of {group!r}")
-
-
 def prior_noise(
     group: Group,
     shape: Sequence[int],
@@ -96,7 +86,9 @@ def prior_noise(
     ``indices[b]`` (:func:`hpcflow.lattice.random.indexed_uniform`): it depends on nothing else.
     """
     template = group.noise((len(shape), *shape), dtype=dtype, device="meta")  # shape only
-    draw = _noise_draw(group)
+    draw = {"uniform": indexed_uniform, "normal": indexed_normal}.get(group.noise_kind)
+    if draw is None:
+        raise TypeError(f"haar_prior knows uniform and normal noise, not that of {group!r}")
     idx = _index_tensor(indices, device)
     return draw(prior_key(seed, stream, step), idx, template.shape, dtype=template.dtype)
 

@@ -46,18 +46,6 @@ class Algebra:
     def dagger(self, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def reduce_path(self, links: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
-        """Ordered product along axis 2 of gathered links ``[B, n, len, *E] -> [B, n, *E]``,
-        daggering the steps where ``backward [n, len]`` is true."""
-        out = None
-        for s in range(links.shape[2]):
-            u = links[:, :, s]
-            # no data-dependent branch: a device tensor's .any() would synchronize a GPU
-            mask = backward[:, s].view(1, -1, *([1] * (u.dim() - 2)))
-            u = torch.where(mask, self.dagger(u), u)
-            out = u if out is None else self.mul(out, u)
-        return out
-
     def extend(self, flat: torch.Tensor) -> torch.Tensor:
         """Links ``[B, n, *E]`` -> ``[B, 2 n + 1, *E]``: the links, their daggers and the unit
         element, the array that :func:`hpcflow.lattice.loops.table_product` gathers from (a
@@ -82,10 +70,6 @@ class Angles(Algebra):
 
     def dagger(self, a):
         return -a
-
-    def reduce_path(self, links, backward):
-        # A product of phases is a signed sum of angles: one fused operation.
-        return (links * (1.0 - 2.0 * backward.to(links.dtype))).sum(2)
 
     def extend(self, flat):
         return torch.cat([flat, -flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
@@ -152,6 +136,11 @@ class Group(Algebra):
         """Haar-distributed elements ``[*shape, Nc, Nc]`` (exact, see subclasses)."""
         return self.from_noise(self.noise(shape, generator=generator, dtype=dtype, device=device))
 
+    noise_kind: str | None = None
+    """What :meth:`noise` draws: ``"uniform"`` in (0, 1) or standard ``"normal"`` numbers (the
+    counter-based prior, :func:`hpcflow.flows.prior.prior_noise`, draws the same kind; a group
+    that says neither has no such prior)."""
+
     def noise(self, shape, *, generator=None, dtype=torch.complex128, device=None):
         """The random numbers behind :meth:`random` (real tensor, group-specific layout).
 
@@ -184,6 +173,8 @@ class U1(Group):
     Products, inverses and traces are elementwise; ``angle``/``from_angle`` convert to and from
     the angle representation the U(1) flows use inside.
     """
+
+    noise_kind = "uniform"
 
     name = "U1"
     nc = 1
@@ -221,6 +212,8 @@ class U1(Group):
 
 class SUN(Group):
     """SU(N), N >= 2: special unitary ``N x N`` matrices."""
+
+    noise_kind = "normal"
 
     def __init__(self, n: int):
         if n < 2:

@@ -42,7 +42,6 @@ __all__ = [
     "link_offsets",
     "path_product",
     "path_indices",
-    "gathered_product",
     "path_table",
     "table_product",
     "closed_loop_trace",
@@ -171,7 +170,7 @@ def path_product(links: torch.Tensor, path: Path, algebra: Algebra) -> torch.Ten
 
 def path_indices(path: Path, shape, sites: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat link indices of a path based at each of ``sites``, for :func:`gathered_product`.
+    """Flat link indices of a path based at each of ``sites`` (for :func:`path_table`).
 
     Links ``[B, Nd, *L, *E]`` flattened to ``[B, Nd * V, *E]`` (``V = prod(L)``): the link
     ``U_mu(y)`` sits at ``mu * V + flat(y)``. ``sites``: bool ``[*L]`` (default: every site,
@@ -193,20 +192,6 @@ def path_indices(path: Path, shape, sites: torch.Tensor | None = None
         index.append(mu * volume + flat)
         backward.append(torch.full((len(coords),), sign < 0))
     return torch.stack(index, dim=1), torch.stack(backward, dim=1)
-
-
-def gathered_product(flat_links: torch.Tensor, index: torch.Tensor, backward: torch.Tensor,
-                     algebra: Algebra) -> torch.Tensor:
-    """Ordered products of many paths by one gather (tables from :func:`path_indices`).
-
-    ``flat_links: [B, Nd * V, *E]``; ``index``, ``backward``: ``[n, len]``. Returns
-    ``[B, n, *E]``, equal to :func:`path_product` at the tabulated base sites. Meant for loops
-    needed at a subset of sites (a coupling layer's active loops): at every site the walker's
-    contiguous rolls are faster on CPUs than this random-access gather.
-    """
-    links = flat_links.index_select(1, index.reshape(-1))  # faster than flat_links[:, index]
-    return algebra.reduce_path(links.view(flat_links.shape[0], *index.shape,
-                                          *flat_links.shape[2:]), backward)
 
 
 def path_table(paths, shape, sites=None) -> torch.Tensor:

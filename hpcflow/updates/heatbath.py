@@ -579,7 +579,7 @@ def staple_at(links: torch.Tensor, mu: int, parity: int, group: Group
     Equal to ``hpcflow.lattice.action.staple(links, mu, group)`` at the flat sites ``sites``
     (the tests check it): the same staple paths, their links gathered at the ``S = V/2`` sites
     of the half only (``index_select`` on the flattened links, as
-    :func:`hpcflow.lattice.loops.gathered_product`) and multiplied with the daggers as views,
+    :func:`hpcflow.lattice.loops.table_product`) and multiplied with the daggers as views,
     which the batched product reads without a copy. On 4D SU(3) this takes about a third of
     the time of rolling the whole lattice and discarding half of it.
     """

@@ -24,12 +24,7 @@ CASES = [("U1", (8, 8)), ("SU2", (4, 3)), ("SU3", (2, 3, 2, 2))]
 DTYPES = [torch.complex128, torch.complex64]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sigma_bound(x: torch.Tensor, expect: float, k: float = 5.0) -> bool:

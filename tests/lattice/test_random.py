@@ -37,12 +37,7 @@ KAT = [
 KEYS = torch.tensor([[0x1234567, 0x89ABCDE], [0xFFFFFFFF, 0], [7, 0xDEADBEEF]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("counter,key,expected", KAT)

@@ -28,13 +28,7 @@ P_MIN = 1e-3  # KS p-value threshold (fixed keys: the tests are deterministic)
 EVEN_SHAPES = {2: (4, 2), 3: (2, 4, 2), 4: (2, 2, 4, 2)}  # extent 2: a staple passes twice
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small lattices: one thread is faster and does not fight parallel jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rng(n: int, seed: int = 0, dtype=torch.float64) -> hb.LinkRandom:

@@ -21,14 +21,7 @@ from hpcflow.lattice.observables import average_plaquette
 from hpcflow.updates.hmc import HMC, integrate
 from tests.helpers import GROUPS, SHAPES, random_links
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Lattices here are small: one thread is faster and does not fight parallel jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _coords(x, basis):
