@@ -117,6 +117,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(args.config, args.overrides + [
         f"train.walltime={max(args.minutes, 0.01) * 60}", "train.eval_every=0",
+        "train.log_every=1",
         "train.plot=true"])
     if cfg.sampler.kind != "snf":
         raise SystemExit(f"{args.config}: sampler.kind must be snf")

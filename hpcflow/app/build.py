@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputFileError
 from ..flows.model import GaugeFlow, build_flow
-from ..flows.smearing import StoutSmearing
+from ..flows.smearing import StoutSchedule, StoutSmearing
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
 from ..io.checkpoint import load_latest_checkpoint
 from ..lattice.action import GaugeAction
@@ -41,8 +41,13 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
     layers, positions = [], []
     if s.kind == "snf":
         n_layers = s.layers or s.steps
+        # evenly over the steps, the last one right before the last updates
+        positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
         if s.layer == "stout":
-            layers = [StoutSmearing(group, cfg.lattice.shape) for _ in range(n_layers)]
+            shared = (StoutSchedule(len(cfg.lattice.shape), [p / s.steps for p in positions],
+                                    s.knots) if s.knots else None)
+            layers = [StoutSmearing(group, cfg.lattice.shape, schedule=shared, index=i)
+                      for i in range(n_layers)]
         else:
             m = cfg.model
             schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
@@ -50,8 +55,6 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
                                       multi_update=m.multi_update, require_coverage=False)
             flow = _flow(cfg, schedule)
             layers = [OnLinks(layer, flow.link_transform) for layer in flow.layers]
-        # evenly over the steps, the last one right before the last updates
-        positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
     return StochasticFlow(group, cfg.lattice.shape, protocol(cfg), sweeps=s.sweeps,
                           overrelax=s.overrelax, layers=layers, positions=positions)
 

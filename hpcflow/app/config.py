@@ -388,12 +388,20 @@ class SamplerConfig:
     splines), cycling through its mask layers."""
     layers: int = 0
     """snf: flow layers, spread evenly over the steps (0: one after every step)."""
+    knots: int = 0
+    """snf with stout layers: 0 gives every layer its own ``2 Nd`` parameters; ``K >= 1``
+    shares them: each half's parameter is a piecewise-linear function of the protocol time
+    with ``K`` knots (``2 Nd K`` parameters in all), so every layer's gradient trains the same
+    few numbers (far less gradient noise per parameter: trains in fewer optimizer steps)."""
 
     def check(self, key: str) -> None:
         for name in ("steps", "sweeps"):
             _positive(getattr(self, name), f"{key}.{name}")
-        for name in ("overrelax", "layers"):
+        for name in ("overrelax", "layers", "knots"):
             _positive(getattr(self, name), f"{key}.{name}", allow_zero=True)
+        if self.knots and self.layer != "stout":
+            raise ConfigError(f"{key}.knots", f"shared parameters exist for stout layers only, "
+                              f"got sampler.layer = {self.layer}")
         if not (self.beta_start >= 0 and math.isfinite(self.beta_start)):
             raise ConfigError(f"{key}.beta_start", f"expected a coupling >= 0, "
                               f"got {self.beta_start}")

@@ -31,7 +31,9 @@ def plot_training(run_dir: str | Path) -> Path | None:
         pts = [r for r in records if r.get(key) is not None]
         for col, xkey in enumerate(("step", "time")):
             ax = axes[row][col]
-            ax.plot([r[xkey] for r in pts], [r[key] for r in pts], lw=1)
+            # markers for short runs: a curve of one or a few records is otherwise invisible
+            ax.plot([r[xkey] for r in pts], [r[key] for r in pts], lw=1,
+                    marker="o" if len(pts) <= 50 else None, ms=3)
             ax.set_ylabel(label)
             ax.set_xlabel("step" if xkey == "step" else "wall time [s]")
             ax.grid(alpha=0.3)

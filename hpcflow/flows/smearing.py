@@ -20,6 +20,12 @@ and ``det exp(M) = 1`` (``ad_X`` is antisymmetric), so ``log det J = log det(1 -
 U(1): ``M = 0``, ``D = |A| cos(theta + arg A)``, ``log J = log(1 - rho |A| cos(...))``.
 Since ``|D| <= |W| <= 2 (Nd - 1)`` and ``|G| <= 1``, ``|rho| < 1 / (2 (Nd - 1))`` keeps every
 ``J`` positive definite and the map a bijection: ``rho_max`` is 0.95 of that bound.
+
+A protocol of many layers may share its parameters (:class:`StoutSchedule`): ``p`` of every
+half becomes a piecewise-linear function of the protocol time with a few knots, so that every
+layer's gradient trains the same few numbers. Each layer then gets the summed signal of its
+neighbours instead of its own noisy one (the optimal ``rho`` varies smoothly along a protocol),
+which is what makes the 4D flows trainable in minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ..lattice.algebra import algebra_basis, algebra_exp, project_algebra
 from ..lattice.groups import Group
 from ..updates.heatbath import staple_at
 
-__all__ = ["StoutSmearing", "series_terms", "stout_logdet"]
+__all__ = ["StoutSchedule", "StoutSmearing", "hat_weights", "series_terms", "stout_logdet"]
 
 
 def _structure(basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,21 +92,58 @@ def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
     return torch.linalg.slogdet(eye - rho[..., None, None] * (g @ d))[1]
 
 
+def hat_weights(times, knots: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Piecewise-linear interpolation weights ``[len(times), knots]``: row ``i`` holds the
+    weights of the knots ``0, 1/(K-1), ..., 1`` at ``times[i]`` in ``[0, 1]`` (two neighbours,
+    summing to 1; ``knots = 1``: all ones, one shared value)."""
+    t = torch.as_tensor(list(times), dtype=dtype)
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"protocol times must lie in [0, 1], got {t.tolist()}")
+    if knots < 1:
+        raise ValueError(f"knots must be >= 1, got {knots}")
+    if knots == 1:
+        return torch.ones(t.numel(), 1, dtype=dtype)
+    grid = torch.linspace(0, 1, knots, dtype=dtype)
+    return (1 - (t[:, None] - grid[None, :]).abs() * (knots - 1)).clamp(min=0)
+
+
+class StoutSchedule(nn.Module):
+    """The parameters of every stout layer of a protocol, shared (module docstring).
+
+    nd: lattice dimension; times: ``[n_layers]`` protocol times ``position / steps`` of the
+    layers, in ``[0, 1]``; knots: ``K >= 1``. Parameters ``p [K, Nd, 2]``, zero at construction;
+    ``self(i)`` is layer ``i``'s ``p [Nd, 2]``, interpolated linearly in time between the knots.
+    """
+
+    def __init__(self, nd: int, times, knots: int, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(knots, nd, 2, dtype=dtype))
+        self.register_buffer("weights", hat_weights(times, knots, dtype), persistent=False)
+
+    def forward(self, index: int) -> torch.Tensor:
+        return torch.einsum("k,kmp->mp", self.weights[index], self.p)
+
+
 class StoutSmearing(nn.Module):
     """One learned stout-smearing layer over all links (module docstring).
 
     group, shape: the lattice (even extents); ``links [B, Nd, *L, Nc, Nc] -> (links',
     log|det J| [B])``. Parameters: ``p [Nd, 2]`` (one ``rho`` per checkerboard half), zero at
-    construction (the identity map).
+    construction (the identity map); or, with ``schedule`` (a :class:`StoutSchedule` shared by
+    the layers of a protocol), none of its own: ``p = schedule(index)``.
     """
 
-    def __init__(self, group: Group, shape, dtype: torch.dtype = torch.float64):
+    def __init__(self, group: Group, shape, dtype: torch.dtype = torch.float64,
+                 schedule: StoutSchedule | None = None, index: int = 0):
         super().__init__()
         self.group = group
         self.shape = tuple(shape)
         nd = len(self.shape)
         self.rho_max = 0.95 / (2 * (nd - 1))
-        self.p = nn.Parameter(torch.zeros(nd, 2, dtype=dtype))
+        # a shared schedule is registered in every layer: .to() moves it, parameters() and the
+        # optimizer see it once (state_dict repeats it under each layer's name)
+        self.schedule, self.index = schedule, int(index)
+        self.p = nn.Parameter(torch.zeros(nd, 2, dtype=dtype)) if schedule is None else None
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         self.register_buffer("basis", algebra_basis(group, dtype=complex_dtype),
                              persistent=False)
@@ -110,7 +153,8 @@ class StoutSmearing(nn.Module):
 
     def rho(self) -> torch.Tensor:
         """``rho = rho_max tanh(p)``: ``[Nd, 2]``."""
-        return self.rho_max * torch.tanh(self.p)
+        p = self.p if self.schedule is None else self.schedule(self.index)
+        return self.rho_max * torch.tanh(p)
 
     def forward(self, links: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.group

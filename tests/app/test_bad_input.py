@@ -86,6 +86,8 @@ def test_masks_plot_without_matplotlib(capsys, config, tmp_path, monkeypatch):
     ("distributed.device=cuda", "distributed.device"),
     ("hmc.target_acceptance=1.5", "hmc.target_acceptance"),
     ("sample.batch_size=0", "sample.batch_size"),
+    ("sampler.knots=-1", "sampler.knots"),
+    ("sampler={kind: snf, layer: coupling, knots: 2}", "sampler.knots"),
 ])
 def test_bad_config_values(capsys, config, tmp_path, override, key):
     one_line(capsys, f"config key '{key}'", "train", str(config), "-o", str(tmp_path / "r"),

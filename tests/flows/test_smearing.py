@@ -121,3 +121,59 @@ def test_logdet_series_is_exact_at_the_largest_m():
     assert m.flatten(1).norm(dim=1).max() > 2.0 and series_terms(0.0) == 1
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
     assert (stout_logdet(w, rho, basis, terms=10) - want).abs().max() > 1e-8
+
+
+@pytest.mark.parametrize("knots", [1, 2, 5])
+def test_hat_weights_interpolate_linearly(knots):
+    """Rows sum to one, a knot's own time picks it alone, and a linear function of the knot
+    positions is reproduced exactly at any time in between."""
+    from hpcflow.flows.smearing import hat_weights
+
+    times = torch.linspace(0, 1, 23, dtype=F64)
+    w = hat_weights(times.tolist(), knots)
+    assert w.shape == (23, knots) and torch.allclose(w.sum(1), torch.ones(23, dtype=F64))
+    if knots > 1:
+        grid = torch.linspace(0, 1, knots, dtype=F64)
+        assert torch.allclose(hat_weights(grid.tolist(), knots), torch.eye(knots, dtype=F64))
+        assert torch.allclose(w @ (3 * grid - 1), 3 * times - 1)
+    with pytest.raises(ValueError, match="times"):
+        hat_weights([1.5], knots)
+
+
+def test_shared_schedule_is_the_chain_rule_of_per_layer_parameters():
+    """Stout layers sharing a StoutSchedule act exactly as independent layers holding the
+    interpolated parameters, and the schedule's gradient is the per-layer gradients pulled back
+    through the interpolation weights (sum_i w_ik dL/dp_i): a wrong weight, index or missing
+    layer fails."""
+    from hpcflow.flows.smearing import StoutSchedule
+
+    g = get_group("SU2")
+    shape = (4, 4)
+    times = [0.2, 0.4, 0.6, 0.8, 1.0]
+    schedule = StoutSchedule(2, times, 3)
+    with torch.no_grad():
+        schedule.p.copy_(torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(4),
+                                     dtype=F64))
+    shared = [StoutSmearing(g, shape, schedule=schedule, index=i) for i in range(5)]
+    alone = [StoutSmearing(g, shape) for _ in range(5)]
+    for i, layer in enumerate(alone):
+        with torch.no_grad():
+            layer.p.copy_(schedule(i))
+    links = g.random((2, 2, *shape), generator=torch.Generator().manual_seed(6))
+
+    def run(layers):
+        u, total = links, 0.0
+        for layer in layers:
+            u, logdet = layer(u)
+            total = total + logdet.sum() + u.real.square().sum()
+        return u, total
+
+    u1, l1 = run(shared)
+    u2, l2 = run(alone)
+    assert torch.allclose(u1, u2, atol=1e-12) and torch.allclose(l1, l2, atol=1e-10)
+    (g_shared,) = torch.autograd.grad(l1, [schedule.p])
+    g_layers = torch.stack(torch.autograd.grad(l2, [layer.p for layer in alone]))
+    want = torch.einsum("ik,imp->kmp", schedule.weights, g_layers)
+    assert torch.allclose(g_shared, want, atol=1e-9)
+    assert sum(p.numel() for layer in shared for p in layer.parameters()) == 5 * 12
+    assert len(list(torch.nn.ModuleList(shared).parameters())) == 1
