@@ -402,6 +402,13 @@ class SamplerConfig:
         if self.knots and self.layer != "stout":
             raise ConfigError(f"{key}.knots", f"shared parameters exist for stout layers only, "
                               f"got sampler.layer = {self.layer}")
+        if self.layers > self.steps:
+            raise ConfigError(f"{key}.layers", f"{self.layers} flow layers for {self.steps} "
+                              "protocol steps: at most one per step")
+        if self.knots > (self.layers or self.steps):
+            raise ConfigError(f"{key}.knots", f"{self.knots} knots for "
+                              f"{self.layers or self.steps} layers: a knot without a layer "
+                              "near it would never train")
         if not (self.beta_start >= 0 and math.isfinite(self.beta_start)):
             raise ConfigError(f"{key}.beta_start", f"expected a coupling >= 0, "
                               f"got {self.beta_start}")
@@ -655,16 +662,20 @@ def sampling_config(trained: Config, overrides) -> Config:
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config, where: str) -> None:
-    """Refuse to resume from a checkpoint whose lattice or model differ from ``cfg``'s.
+    """Refuse to resume from a checkpoint whose lattice or model differ from ``cfg``'s (for a
+    stochastic flow also the sampler keys that set its layers and parameters).
 
     ``saved``: the checkpoint's configuration (plain data, resolved by this version first, so
     that older checkpoints with defaults left empty compare equal)."""
     old = config_from_dict(saved).to_dict()
     new = cfg.to_dict()
+    keys = {section: sorted(set(old[section]) | set(new[section]))
+            for section in ("lattice", "model")}
+    if "flow" not in (old["sampler"]["kind"], new["sampler"]["kind"]):
+        keys["sampler"] = ["kind", "steps", "layer", "layers", "knots"]
     diffs = [f"{section}.{key}: {old[section].get(key)!r} in the checkpoint, "
              f"{new[section].get(key)!r} now"
-             for section in ("lattice", "model")
-             for key in sorted(set(old[section]) | set(new[section]))
+             for section, names in keys.items() for key in names
              if old[section].get(key) != new[section].get(key)]
     if diffs:
         raise ConfigError(diffs[0].split(":")[0], f"cannot resume from {where}: the "

@@ -19,10 +19,12 @@ arXiv:2412.00200) gives ``E[exp(-W)] = Z_{beta_n} / Z_{beta_0}`` for the final c
 (also for independence Metropolis on the whole trajectory). Without flow layers this is plain
 annealing (Neal's annealed importance sampling).
 
-Flow layers map public links to ``(links, log|det J|)``: the learned stout-smearing layers of
-:mod:`hpcflow.flows.smearing` (one ``rho`` per checkerboard half: ``2 Nd`` parameters per layer)
-or the gauge-equivariant coupling layers of :mod:`hpcflow.flows.coupling` (:class:`OnLinks`).
-Each is conditioned on its protocol step by being its own module. They start as the identity,
+Flow layers map public links to ``(links, log|det J|)``: the learned stout-smearing layers
+of :mod:`hpcflow.flows.smearing` (one ``rho`` per checkerboard half: ``2 Nd`` parameters per
+layer, or a :class:`~hpcflow.flows.smearing.StoutSchedule` shared by all layers and
+interpolated in the protocol time) or the gauge-equivariant coupling layers of
+:mod:`hpcflow.flows.coupling` (:class:`OnLinks`). Each is conditioned on its protocol step by
+being its own module or by its place in the shared schedule. They start as the identity,
 so an untrained stochastic flow *is* annealing.
 
 Training (:meth:`StochasticFlow.forward` with ``train=True``) minimizes the mean work, i.e. the

@@ -87,6 +87,8 @@ def test_masks_plot_without_matplotlib(capsys, config, tmp_path, monkeypatch):
     ("hmc.target_acceptance=1.5", "hmc.target_acceptance"),
     ("sample.batch_size=0", "sample.batch_size"),
     ("sampler.knots=-1", "sampler.knots"),
+    ("sampler={kind: snf, steps: 4, knots: 5}", "sampler.knots"),
+    ("sampler={kind: snf, steps: 4, layers: 5}", "sampler.layers"),
     ("sampler={kind: snf, layer: coupling, knots: 2}", "sampler.knots"),
 ])
 def test_bad_config_values(capsys, config, tmp_path, override, key):
@@ -139,6 +141,17 @@ def test_resume_with_another_lattice(capsys, tmp_path, empty):
     capsys.readouterr()
     one_line(capsys, "cannot resume", "train", empty, "-o", str(run),
              *sets(*TINY_U1, "train.steps=4", "lattice.shape=[8, 8]"))
+
+
+def test_resume_a_stochastic_flow_with_other_knots(capsys, tmp_path, empty):
+    """The knots set the parameters' shapes: a clear refusal, not a state-dict error."""
+    run = tmp_path / "r"
+    snf = (*TINY_U1, "sampler.kind=snf", "sampler.steps=4", "sampler.knots=2")
+    assert main(["train", empty, "-o", str(run), *sets(*snf, "train.steps=2")]) == 0
+    capsys.readouterr()
+    line = one_line(capsys, "cannot resume", "train", empty, "-o", str(run),
+                    *sets(*snf, "train.steps=4", "sampler.knots=3"))
+    assert "sampler.knots" in line
 
 
 def test_two_ranks_one_message_for_a_batch_that_does_not_split(tmp_path, empty):

@@ -69,6 +69,7 @@ def test_work_by_hand():
 
 
 LAYERS = {"stout": ["sampler.layer=stout"],
+          "stout-knots": ["sampler.layer=stout", "sampler.knots=1"],
           "coupling": ["sampler.layer=coupling", "model.net.hidden=[4]", "model.dtype=float64"]}
 
 
