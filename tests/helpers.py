@@ -27,6 +27,15 @@ TINY_U1 = [
 ]
 
 
+def perturb(module: torch.nn.Module, scale: float, generator=None) -> torch.nn.Module:
+    """Add ``scale`` times standard normals to every parameter (in ``parameters()`` order, from
+    ``generator`` or the global generator): a flow away from the identity it starts as."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return module
+
+
 def clean_env() -> dict:
     """The environment without an enclosing MPI launcher's variables (so that a subprocess is
     a fresh single process, or a fresh mpiexec job)."""

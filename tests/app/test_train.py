@@ -15,7 +15,7 @@ from hpcflow.app.metrics import read_metrics
 from hpcflow.app.train import Trainer
 from hpcflow.distributed import NoneComm
 from hpcflow.io.checkpoint import list_checkpoints
-from tests.helpers import TINY_U1, clean_env, run_ctx
+from tests.helpers import TINY_U1, clean_env, perturb, run_ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TINY_U1
@@ -275,9 +275,7 @@ def test_path_gradient_is_reparameterized_minus_score(group):
     cfg = load_config(None, TINY + [f"lattice.group={group}"])
     torch.manual_seed(3)
     model, action = build_model(cfg), build_action(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # away from the identity map
+    perturb(model, 0.05)  # away from the identity map
     z = model.prior(range(6), seed=0, stream=STREAM_TRAIN)
 
     def grads(objective):

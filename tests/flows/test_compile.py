@@ -9,7 +9,7 @@ synchronization inside a layer would fail here).
 import torch
 
 from hpcflow import build_action, build_model, load_config
-from tests.helpers import TINY_U1
+from tests.helpers import TINY_U1, perturb
 
 
 def test_compiled_layers_equal_eager():
@@ -27,9 +27,7 @@ def _compare_compiled_with_eager():
     cfg = load_config(None, TINY_U1)
     torch.manual_seed(0)
     eager = build_model(cfg)
-    with torch.no_grad():
-        for p in eager.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(eager, 0.05)
     compiled = build_model(cfg)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_layers()

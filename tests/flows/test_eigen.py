@@ -19,7 +19,7 @@ from hpcflow import build_model, load_config
 from hpcflow.flows.spectral import SUNTransform, from_eig, sorted_angles, unitary_eig
 from hpcflow.lattice.eigen import closed_form_eig, eigh_eig
 from hpcflow.lattice.groups import SUN
-from tests.helpers import su_basis
+from tests.helpers import perturb, su_basis
 
 C128 = torch.complex128
 F64 = torch.float64
@@ -252,9 +252,7 @@ def _tiny_flow(nc: int):
                              "model.net.rank=4", "model.dtype=float64"])
     torch.manual_seed(0)
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb(model, 0.1)
     return model
 
 

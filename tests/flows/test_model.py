@@ -8,7 +8,7 @@ import torch
 
 from hpcflow import build_model, load_config
 from hpcflow.lattice.groups import gauge_transform, random_gauge
-from tests.helpers import su_basis
+from tests.helpers import perturb, su_basis
 
 CONFIGS = {
     2: ["lattice.shape=[4, 4]", "lattice.group=U1", "action.beta=2.0"],
@@ -23,9 +23,7 @@ def make_flow(nd, *extra, scale=0.02, seed=0):
     cfg = load_config(None, CONFIGS[nd] + ["model.dtype=float64", *extra])
     torch.manual_seed(seed)
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
+    perturb(model, scale)
     return cfg, model
 
 
@@ -138,9 +136,7 @@ def test_sun_flow_round_trip_and_gauge_invariance(group, shape):
                              "action.beta=2.0", *extra])
     torch.manual_seed(0)
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    perturb(model, 0.02)
     u, log_q = model.sample(2, seed=1)
     assert log_q.abs().max() > 1e-3
     assert torch.allclose(model.log_prob(u), log_q, atol=1e-9)
@@ -162,9 +158,7 @@ def test_sun_logdet_equals_lie_algebra_jacobian_whole_flow(nc):
                              "model.net.hidden=[4]", "model.dtype=float64"])
     torch.manual_seed(1)
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb(model, 0.1)
     basis = su_basis(nc)  # [N^2 - 1, N, N]
     na = basis.shape[0]
     z = model.prior(range(1), seed=8, stream=1)  # [1, 2, 4, 4, N, N]

@@ -21,7 +21,7 @@ from hpcflow.flows.spectral import (
     unitary_eig,
 )
 from hpcflow.lattice.groups import SUN, U1
-from tests.helpers import su_basis
+from tests.helpers import perturb, su_basis
 
 C128 = torch.complex128
 F64 = torch.float64
@@ -412,9 +412,7 @@ def test_coupling_layer_su3_invertible_and_gauge_invariant():
     net = build_context_net(2, lt.n_features * len(plan.features),
                             len(plan.updates) * len(plan.directions) * lt.n_params,
                             hidden=(4,), dtype=F64)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    perturb(net, 0.3)
     layer = GaugeCoupling(plan, lt, net)
     u = g.random((2, 2, *shape), generator=_gen(29))
     u_new, logdet = layer(u)

@@ -16,6 +16,7 @@ from hpcflow.lattice import exact
 from hpcflow.lattice.groups import get_group
 from hpcflow.lattice.observables import average_plaquette
 from hpcflow.lattice.random import stream_keys
+from tests.helpers import perturb
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -126,9 +127,7 @@ def test_random_flow_layers_keep_the_weights_exact(layer, scale):
                  *LAYERS[layer])
     model = build_model(cfg)
     torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
+    perturb(model, scale)
     links, lw = draw(cfg, 2048, model=model)
     _, lw0 = draw(config("U1", (8, 8), 2.0, "sampler.kind=annealing", "sampler.steps=30"), 16)
     assert not np.allclose(lw[:16], lw0)  # the layers do act
@@ -148,9 +147,7 @@ def test_one_step_stochastic_flow_is_a_normalizing_flow(layer):
     to beta S_1(U_0), which has no gradient."""
     cfg = config("SU2", (4, 4), 1.0, "sampler.kind=snf", "sampler.steps=1", *LAYERS[layer])
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
+    perturb(model, 0.1, torch.Generator().manual_seed(0))
     u0 = haar_prior(model.group, model.shape, range(5), seed=0, stream=STREAM_SAMPLE)
     keys = stream_keys(0, 1, range(5))
     _, work, objective = model(u0, keys, train=True)
@@ -169,9 +166,7 @@ def test_gradient_is_the_sum_of_each_layers_own_work_at_fixed_input(layer):
     work from the recorded (detached) inputs, one by one; the summed gradients agree."""
     cfg = config("U1", (4, 4), 1.5, "sampler.kind=snf", "sampler.steps=4", *LAYERS[layer])
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+    perturb(model, 0.1, torch.Generator().manual_seed(1))
     u0 = haar_prior(model.group, model.shape, range(4), seed=2, stream=STREAM_SAMPLE)
     keys = stream_keys(2, 1, range(4))
     inputs = []
