@@ -392,7 +392,8 @@ class SamplerConfig:
     """snf with stout layers: 0 gives every layer its own ``2 Nd`` parameters; ``K >= 1``
     shares them: each half's parameter is a piecewise-linear function of the protocol time
     with ``K`` knots (``2 Nd K`` parameters in all), so every layer's gradient trains the same
-    few numbers (far less gradient noise per parameter: trains in fewer optimizer steps)."""
+    few numbers (far less gradient noise per parameter: trains in fewer optimizer steps).
+    Each of ``n`` layers smears ``~1/n``: scale ``train.lr`` like ``0.005 x 50 / n``."""
 
     def check(self, key: str) -> None:
         for name in ("steps", "sweeps"):

@@ -98,12 +98,16 @@ def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
 
 def propose(model: GaugeFlow | StochasticFlow, action: GaugeAction, indices, *, seed: int,
             stream: int, step: int = 0, train: bool = False, path: bool = False,
-            start: StartEnsemble | None = None) -> Proposals:
+            start: StartEnsemble | None = None, backward_scale: float | None = None
+            ) -> Proposals:
     """Proposals ``indices`` of stream ``(seed, stream, step)`` (module docstring).
 
     ``train``: keep the autograd graph of ``objective`` (flows: ``log q + S``, with ``path``
     the path-gradient form; stochastic flows: the flow layers' own work); ``start``: the
-    equilibrium ensemble of trajectories with ``beta_0 > 0`` (Haar-random links otherwise).
+    equilibrium ensemble of trajectories with ``beta_0 > 0`` (Haar-random links otherwise);
+    ``backward_scale`` (with ``train``): back-propagate ``backward_scale * objective.sum()``
+    here, into the parameters' ``.grad`` (stochastic flows: one layer group at a time, see
+    :meth:`StochasticFlow.forward`), and return the objective detached.
     """
     if isinstance(model, GaugeFlow):
         z = model.prior(indices, seed=seed, stream=stream, step=step)
@@ -115,6 +119,9 @@ def propose(model: GaugeFlow | StochasticFlow, action: GaugeAction, indices, *, 
                 objective = (path_log_prob(model, u) if path else log_q) + s
                 if path:
                     inverse_error = (objective - s - log_q).detach()
+                if backward_scale is not None:
+                    (objective.sum() * backward_scale).backward()
+                    objective = objective.detach()
         return Proposals(u.detach(), log_q.detach(), s.detach(), (-s - log_q).detach(),
                          objective, inverse_error)
     if start is None:
@@ -126,7 +133,8 @@ def propose(model: GaugeFlow | StochasticFlow, action: GaugeAction, indices, *, 
     # one Philox key per trajectory: (seed, stream, step) folded into one stream number
     keys = stream_keys(seed, (stream << 32) + step, indices, device=model.device)
     with torch.set_grad_enabled(train):
-        u, work, objective = model(u0, keys, train=train)
+        u, work, objective = model(u0, keys, train=train,
+                                   backward_scale=backward_scale if train else None)
     s = action(u).detach()
     return Proposals(u, torch.full_like(work, float("nan")), s, -work,
                      objective if train else None)

@@ -179,8 +179,7 @@ class Trainer:
         for lo in range(0, len(local), micro):
             p = propose(model, self.action, local[lo:lo + micro], seed=tc.seed,
                         stream=STREAM_TRAIN, step=self.step, train=True, path=path,
-                        start=self.start)
-            (p.objective.sum() / len(local)).backward()  # equal shares: size | batch
+                        start=self.start, backward_scale=1 / len(local))  # equal shares
             columns = [p.log_weight] + ([p.inverse_error.to(p.log_weight.dtype)] if path else [])
             per_sample.append(torch.stack(columns, dim=1))
         rows = self.ctx.place(torch.cat(per_sample), tc.batch_size)  # [B, columns]
@@ -492,9 +491,8 @@ def dry_run(cfg, ctx: RunContext, ranks: int | None = None) -> dict:
     path = tc.gradient == "path"
 
     def train_pass(indices):
-        p = propose(model, action, indices, seed=tc.seed, stream=STREAM_TRAIN, step=0,
-                    train=True, path=path, start=start)
-        (p.objective.sum() / len(indices)).backward()
+        propose(model, action, indices, seed=tc.seed, stream=STREAM_TRAIN, step=0,
+                train=True, path=path, start=start, backward_scale=1 / len(indices))
 
     def warm_up():
         optimizer.zero_grad(set_to_none=False)

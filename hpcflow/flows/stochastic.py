@@ -35,6 +35,10 @@ are detached, so every group of layers between two updates gets the gradient of 
 against ``p_{beta_k}``). What it neglects: how a layer's output changes the later work through
 the updates that follow it (the pathwise derivative through, and the score of, the stochastic
 updates). The weights stay exact whatever the parameters: the estimator only steers training.
+Because each group's term depends on the parameters only through its own layers at a fixed
+input, its gradient can be taken as soon as it is computed (``backward_scale``): training then
+holds one group's autograd graph at a time, memory ``~ V x batch`` instead of ``~ V x batch x
+n`` (measured: U(1) 6^3, 800 steps, batch 32: 18 GiB held to the end), with the same gradient.
 
 Layouts: links ``[B, Nd, *L, Nc, Nc]`` complex; keys ``[B, 2]`` Philox keys
 (:func:`hpcflow.lattice.random.stream_keys`); work and log weights ``[B]``.
@@ -128,14 +132,19 @@ class StochasticFlow(nn.Module):
             at.setdefault(pos, []).append(layer)
         return at
 
-    def forward(self, links: torch.Tensor, keys: torch.Tensor, *, train: bool = False
+    def forward(self, links: torch.Tensor, keys: torch.Tensor, *, train: bool = False,
+                backward_scale: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the protocol from ``links`` (drawn from ``p_{beta_0}``).
 
         Returns ``(U_n [B, Nd, *L, Nc, Nc], work [B], objective [B])``: the final
         configurations, the work ``W`` (detached; ``log w = -W``), and, with ``train``, the sum
         of the flow layers' own work terms with their autograd graphs (module docstring;
-        zeros without layers or without ``train``).
+        zeros without layers or without ``train``). With ``train`` and ``backward_scale`` each
+        group's term is back-propagated where it is computed, ``(backward_scale *
+        term.sum()).backward()``, accumulating into the parameters' ``.grad`` what
+        ``(backward_scale * objective.sum()).backward()`` would give at the end; the returned
+        objective is then detached (one graph in memory at a time, module docstring).
         """
         s1 = self.action1
         at = self._layers_at()
@@ -156,6 +165,9 @@ class StochasticFlow(nn.Module):
                         local = local - logdet
                     s_new = s1(u_new)
                     local = local + beta * (s_new - s_u)
+                if backward_scale is not None and local.requires_grad:
+                    (local.sum() * backward_scale).backward()
+                    local = local.detach()
                 objective = objective + local
                 work = work + local.detach()
                 u, s_u = u_new.detach(), s_new.detach()
