@@ -82,7 +82,7 @@ def anneal(overrides: list[str], n: int, batch: int = 256, start=None, observabl
 # ------------------------------------------------------------------------------------ volume
 def volume(args) -> None:
     out = Path(args.out or "perf/out/annealing-volume.json")
-    rows = json.loads(out.read_text())["rows"] if args.resume and out.exists() else []
+    rows = _resumed_rows(out, args.beta) if args.resume and out.exists() else []
     done = {(r["L"], r["sampler"]) for r in rows}
     # the schedule trained last, and its steps: each SNF point starts there
     trained = {"p": None, "steps": None}
@@ -121,6 +121,19 @@ def _write_volume(args, rows: list[dict]) -> None:
         "machine": machine(), "beta": args.beta, "trajectories": args.trajectories,
         "flow_seconds": args.flow_seconds, "flow_batch": args.flow_batch,
         "flow_knots": args.flow_knots, "flow_lr": args.flow_lr, "rows": rows})
+
+
+def _resumed_rows(path: Path, beta: float) -> list[dict]:
+    """The rows of an earlier volume output at the same ``beta``; exits naming the file
+    otherwise."""
+    try:
+        data = json.loads(path.read_text())
+        rows, old_beta = data["rows"], data["beta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--resume: {path} is not a volume study's output ({e!r})") from None
+    if old_beta != beta:
+        raise SystemExit(f"--resume: {path} holds beta = {old_beta}, this run has {beta}")
+    return rows
 
 
 def _per_size(values: list, i: int):
@@ -170,27 +183,31 @@ def _snf_point(base: list[str], n: int, *, n_traj: int, trained: dict, seconds: 
     if trained["p"] is not None:  # one layer per step: each carries 1/n of the smearing
         rho = torch.tanh(trained["p"]) * trained["steps"] / n
         p_init = torch.atanh(rho.clamp(-0.99, 0.99))
-    # Adam moves each parameter by about the rate per step whatever its scale, and the
-    # parameters scale like 1/n: so does the rate
-    lr = args.flow_lr * 50 / n
-    cfg, model, rec = train_stout([*base, f"sampler.steps={n}"], seconds, batch=batch,
-                                  knots=args.flow_knots, lr=lr, p_init=p_init)
+    cfg, model, rec = train_stout(base, n, seconds, batch=batch, knots=args.flow_knots,
+                                  lr_at_50=args.flow_lr, p_init=p_init)
     lw, draw_s, _ = draw_trajectories(model, build_action(cfg), n_traj, 256,
                                       seed=cfg.train.seed)
     trained.update(p=torch.tensor(rec["p"], dtype=torch.float64), steps=n)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"ess": ess(lw), "var_w": float(lw.var()), "s_per_traj": draw_s / len(lw),
-            "trajectories": len(lw), "lr": lr, "peak_rss_gib": peak, **rec}
+            "trajectories": len(lw), "peak_rss_gib": peak, **rec}
 
 
-def train_stout(overrides: list[str], seconds: float, *, batch: int, knots: int, lr: float,
-                p_init: torch.Tensor | None = None):
-    """A stochastic normalizing flow with shared stout layers (``sampler.knots``) trained for
-    ``seconds`` (at least two optimizer steps) in this process, from ``p_init [K, Nd, 2]``
-    when given: ``(config, model in eval mode, record)``; the record holds ``train_s``,
-    ``opt_steps``, the losses (mean work) and the trained ``p``."""
-    cfg = load_config(None, [*overrides, "sampler.kind=snf", "sampler.layer=stout",
-                             f"sampler.knots={knots}", f"train.batch_size={batch}",
+def train_stout(overrides: list[str], steps: int, seconds: float, *, batch: int, knots: int,
+                lr_at_50: float, p_init: torch.Tensor | None = None):
+    """A stochastic normalizing flow of ``steps`` protocol steps with shared stout layers
+    (``sampler.knots``) trained for ``seconds`` (at least two optimizer steps) in this
+    process, from ``p_init [K, Nd, 2]`` when given: ``(config, model in eval mode,
+    record)``; the record holds ``train_s``,
+    ``opt_steps``, the Adam rate ``lr``, the losses (mean work) and the trained ``p``.
+
+    The rate is ``lr_at_50 x 50 / steps``: Adam moves each parameter by about the rate per
+    step whatever its scale, and with one layer per step each layer's smearing scales like
+    ``1 / steps``."""
+    lr = lr_at_50 * 50 / steps
+    cfg = load_config(None, [*overrides, f"sampler.steps={steps}", "sampler.kind=snf",
+                             "sampler.layer=stout", f"sampler.knots={knots}",
+                             f"train.batch_size={batch}",
                              f"train.lr={lr}", "train.steps=1000000", "train.eval_every=0"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, RunContext(NoneComm(device="cpu"), tmp, terminal=False))
@@ -203,18 +220,18 @@ def train_stout(overrides: list[str], seconds: float, *, batch: int, knots: int,
         while time.perf_counter() - t0 < seconds or len(losses) < 2:
             losses.append(trainer.train_step()["loss"])
         train_s = time.perf_counter() - t0
-    return cfg, trainer.model.eval(), {"train_s": train_s, "opt_steps": len(losses),
+    return cfg, trainer.model.eval(), {"train_s": train_s, "opt_steps": len(losses), "lr": lr,
                                        "losses": losses, "p": schedule.p.detach().tolist()}
 
 
 def _interpolate(scan: list[dict], target: float) -> tuple[float, float]:
     """Steps where ESS reaches ``target`` (log ESS linear in 1/n between the bracketing
-    points), and seconds per effective sample there."""
+    points; the first point when it is already above), and seconds per effective sample
+    there. At least one point of ``scan`` reaches ``target``."""
     above = [s for s in scan if s["ess"] >= target]
     below = [s for s in scan if s["ess"] < target]
-    if not above or not below:
-        s = above[0] if above else scan[-1]
-        return float(s["steps"]), s["s_per_traj"] / max(s["ess"], 1e-12)
+    if not below:
+        return float(above[0]["steps"]), above[0]["s_per_traj"] / above[0]["ess"]
     a, b = below[-1], above[0]
     x0, x1 = 1.0 / a["steps"], 1.0 / b["steps"]
     y0, y1 = math.log(a["ess"]), math.log(b["ess"])
@@ -321,15 +338,13 @@ def topology(args) -> None:
     imh_row(f"annealing {args.steps} steps, IMH", lw, q, seconds)
     # the same protocol with trained stout layers (a stochastic normalizing flow)
     if args.flow_seconds > 0:
-        cfg_f, model, rec = train_stout([*base, f"sampler.steps={args.steps}"],
-                                        args.flow_seconds, batch=args.flow_batch,
-                                        knots=args.flow_knots,
-                                        lr=args.flow_lr * 50 / args.steps)
+        cfg_f, model, rec = train_stout(base, args.steps, args.flow_seconds, batch=args.flow_batch,
+                                        knots=args.flow_knots, lr_at_50=args.flow_lr)
         lw, seconds, q = draw_trajectories(model, build_action(cfg_f), args.trajectories, 256,
                                            seed=cfg_f.train.seed, observable=charge)
         imh_row(f"SNF {args.steps} steps, IMH (training counted)", lw, q,
                 seconds + rec["train_s"])
-        rows[-1].update(train_s=rec["train_s"], opt_steps=rec["opt_steps"])
+        rows[-1].update(train_s=rec["train_s"], opt_steps=rec["opt_steps"], lr=rec["lr"])
     # from an equilibrium ensemble at beta_start (a heat-bath chain that does not freeze
     # there), annealed to beta: every trajectory's start decorrelated, the ensemble's cost
     # counted
@@ -462,8 +477,8 @@ def main() -> None:
     v.add_argument("--flow-lr", type=float, default=0.005,
                    help="Adam rate at 50 steps; at n steps it is scaled by 50/n")
     v.add_argument("--flow-max-steps", type=int, default=0,
-                   help="largest n of the SNF scan (default --max-steps): training keeps "
-                        "every step of a trajectory for the backward, memory ~ V n batch")
+                   help="largest n of the SNF scan (default --max-steps); training time per "
+                        "optimizer step grows like V n batch")
     v.add_argument("--out", help="JSON path (default perf/out/annealing-volume.json; plot "
                                  "next to it)")
     t = sub.add_parser("topology")

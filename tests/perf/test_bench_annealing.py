@@ -63,3 +63,14 @@ def test_equilibrium_rows_and_reference(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 3 and rows[-1]["sampler"].startswith("heat-bath chain")
     assert all(0 < r["plaquette"] < 1 and r["s_per_eff"] > 0 for r in rows)
+
+
+def test_resume_refuses_another_studys_file(tmp_path):
+    """--resume on a file that is not a volume output at the same beta: one message naming
+    the file, non-zero exit, the file untouched."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    p = subprocess.run([sys.executable, str(SCRIPT), "volume", "--sizes", "4", "--resume",
+                        "--out", str(bad)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode != 0 and str(bad) in p.stderr and "Traceback" not in p.stderr
+    assert bad.read_text() == '{"rows": []}'
