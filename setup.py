@@ -38,7 +38,7 @@ setup(
         "horovod": ["horovod==0.28.1"],
         "plot": ["matplotlib>=3.6"],
         # pdoc builds docs/api (make docs); the tests build it too, to keep it building.
-        "test": ["pytest>=7", "ruff>=0.5", "pdoc>=14"],
+        "test": ["pytest>=7", "ruff>=0.5", "pdoc>=14", "psutil>=5.9"],  # psutil: job-script tests
         "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["hpcflow = hpcflow.cli:main"]},
