@@ -11,9 +11,10 @@ from Haar, one heat-bath sweep per step, found by doubling ``n`` and interpolati
 With ``--flow-seconds S`` the same scan for the stochastic normalizing flow with shared stout
 layers (``sampler.knots``): at each ``n`` it trains for ``S`` seconds, starting from the
 schedule trained at the previous point (the smearing is local, so it does not depend on the
-volume; there is one layer per step, so each layer's parameters are rescaled by
-``n_previous / n``), then draws the trajectories; its training seconds are reported next to the
-cost; the Adam rate is ``--flow-lr x 50 / n``. A scan stops at ESS 0.5, at ``--max-steps``
+volume, and its parameters count units of each layer's first-order step, so they do not depend
+on ``n`` either; the first point starts from the first-order layers, ``sampler.init``), then
+draws the trajectories; its training seconds are reported next to the cost; the Adam rate is
+``--flow-lr`` at every ``n``. A scan stops at ESS 0.5, at ``--max-steps``
 (``--flow-max-steps``), or after two points whose ESS fell. ``--resume`` keeps the rows of an
 earlier output file and measures only the missing ones.
 
@@ -27,7 +28,9 @@ exact value.
 
 ``equilibrium``: SU(3) in 4D from an equilibrium ensemble at ``beta_0`` (a heat-bath chain,
 written and read as a samples file) to ``beta`` (``5.6 -> 5.7``): ESS and seconds per
-effective sample against ``n``, and the heat-bath chain at ``beta`` as the reference.
+effective sample against ``n``, and the heat-bath chain at ``beta`` as the reference; with
+``--snf`` an SNF with shared stout layers at each ``n`` (trained ``--flow-seconds``, or the
+first-order layers as they start).
 
 Each prints a table and writes ``perf/out/annealing-<study>.json`` or ``--out`` (and a plot for
 volume).
@@ -177,14 +180,10 @@ def _anneal_point(base: list[str], n: int, *, n_traj: int) -> dict:
 def _snf_point(base: list[str], n: int, *, n_traj: int, trained: dict, seconds: float,
                batch: int, args) -> dict:
     """Train the shared-stout SNF with ``n`` steps for ``seconds`` at ``batch`` (starting from
-    ``trained["p"]`` rescaled by ``trained["steps"] / n`` when set; ``trained`` is replaced by
-    the schedule trained here), then draw ``n_traj`` trajectories."""
-    p_init = None
-    if trained["p"] is not None:  # one layer per step: each carries 1/n of the smearing
-        rho = torch.tanh(trained["p"]) * trained["steps"] / n
-        p_init = torch.atanh(rho.clamp(-0.99, 0.99))
+    ``trained["p"]`` when set: in units of the first-order step it carries over to any ``n``;
+    ``trained`` is replaced by the schedule trained here), then draw ``n_traj`` trajectories."""
     cfg, model, rec = train_stout(base, n, seconds, batch=batch, knots=args.flow_knots,
-                                  lr_at_50=args.flow_lr, p_init=p_init)
+                                  lr=args.flow_lr, p_init=trained["p"])
     lw, draw_s, _ = draw_trajectories(model, build_action(cfg), n_traj, 256,
                                       seed=cfg.train.seed)
     trained.update(p=torch.tensor(rec["p"], dtype=torch.float64), steps=n)
@@ -194,17 +193,13 @@ def _snf_point(base: list[str], n: int, *, n_traj: int, trained: dict, seconds: 
 
 
 def train_stout(overrides: list[str], steps: int, seconds: float, *, batch: int, knots: int,
-                lr_at_50: float, p_init: torch.Tensor | None = None):
+                lr: float, p_init: torch.Tensor | None = None):
     """A stochastic normalizing flow of ``steps`` protocol steps with shared stout layers
     (``sampler.knots``) trained for ``seconds`` (at least two optimizer steps) in this
     process, from ``p_init [K, Nd, 2]`` when given: ``(config, model in eval mode,
     record)``; the record holds ``train_s``,
-    ``opt_steps``, the Adam rate ``lr``, the losses (mean work) and the trained ``p``.
-
-    The rate is ``lr_at_50 x 50 / steps``: Adam moves each parameter by about the rate per
-    step whatever its scale, and with one layer per step each layer's smearing scales like
-    ``1 / steps``."""
-    lr = lr_at_50 * 50 / steps
+    ``opt_steps``, the Adam rate ``lr``, the losses (mean work) and the trained ``p`` (units
+    of the first-order step: the same rate fits every ``steps``)."""
     cfg = load_config(None, [*overrides, f"sampler.steps={steps}", "sampler.kind=snf",
                              "sampler.layer=stout", f"sampler.knots={knots}",
                              f"train.batch_size={batch}",
@@ -339,7 +334,7 @@ def topology(args) -> None:
     # the same protocol with trained stout layers (a stochastic normalizing flow)
     if args.flow_seconds > 0:
         cfg_f, model, rec = train_stout(base, args.steps, args.flow_seconds, batch=args.flow_batch,
-                                        knots=args.flow_knots, lr_at_50=args.flow_lr)
+                                        knots=args.flow_knots, lr=args.flow_lr)
         lw, seconds, q = draw_trajectories(model, build_action(cfg_f), args.trajectories, 256,
                                            seed=cfg_f.train.seed, observable=charge)
         imh_row(f"SNF {args.steps} steps, IMH (training counted)", lw, q,
@@ -411,18 +406,34 @@ def equilibrium(args) -> None:
         run_chain(cfg0, "heatbath", ens, ctx, n_total=args.ensemble)
         ens_s = time.perf_counter() - t0
         start = StartEnsemble(ens / "samples.h5", "SU3", shape, args.beta_start)
+        def row(name, lw, seconds, plaq, train_s=0.0):
+            e, p = ess(lw), reweighted_mean(plaq, lw)
+            return {"sampler": name, "ess": e, "var_w": float(lw.var()),
+                    "s_per_traj": seconds / len(lw), "s_per_eff": seconds / len(lw) / max(e, 1e-12),
+                    "train_s": train_s, "plaquette": p.value, "plaquette_err": p.error}
+
+        def plaquette(u):
+            return average_plaquette(u, group)
+
         for n in args.steps:
-            lw, seconds, plaq = anneal(
-                [*base, f"action.beta={args.beta}", f"sampler.steps={n}",
-                 f"sampler.beta_start={args.beta_start}",
-                 f"sampler.start={ens / 'samples.h5'}"], args.ensemble, batch=64, start=start,
-                observable=lambda u: average_plaquette(u, group))
-            e = ess(lw)
-            p = reweighted_mean(plaq, lw)
-            rows.append({"sampler": f"{args.beta_start} -> {args.beta}, {n} steps",
-                         "ess": e, "s_per_traj": seconds / len(lw),
-                         "s_per_eff": seconds / len(lw) / max(e, 1e-12), "plaquette": p.value,
-                         "plaquette_err": p.error})
+            over = [*base, f"action.beta={args.beta}", f"sampler.steps={n}",
+                    f"sampler.beta_start={args.beta_start}", f"sampler.start={ens / 'samples.h5'}"]
+            rows.append(row(f"{args.beta_start} -> {args.beta}, {n} steps",
+                            *anneal(over, args.ensemble, batch=64, start=start,
+                                    observable=plaquette)))
+            if not args.snf:
+                continue
+            if args.flow_seconds > 0:
+                cfg, model, rec = train_stout(over, n, args.flow_seconds, batch=args.flow_batch,
+                                              knots=args.flow_knots, lr=args.flow_lr)
+            else:  # the first-order layers as they start
+                cfg = load_config(None, [*over, "sampler.kind=snf", "sampler.layer=stout",
+                                         f"sampler.knots={args.flow_knots}"])
+                model, rec = build_model(cfg), {"train_s": 0.0}
+            lw, seconds, plaq = draw_trajectories(model, build_action(cfg), args.ensemble, 64,
+                                                  seed=cfg.train.seed, start=start,
+                                                  observable=plaquette)
+            rows.append(row(f"snf, {n} steps", lw, seconds, plaq, rec["train_s"]))
         # reference: the heat-bath chain at beta
         cfg1 = load_config(None, [*base, f"action.beta={args.beta}",
                                   f"heatbath.thermalization={args.thermalization}",
@@ -435,6 +446,7 @@ def equilibrium(args) -> None:
         est = chain_mean(plaq)
         tau = max(integrated_autocorrelation_time(plaq).tau, 0.5)  # as chain_mean
         rows.append({"sampler": f"heat-bath chain at {args.beta}", "ess": 1 / (2 * tau),
+                     "var_w": math.nan, "train_s": 0.0,
                      "s_per_traj": ref_s / args.reference,
                      "s_per_eff": 2 * tau * ref_s / args.reference, "plaquette": est.value,
                      "plaquette_err": est.error})
@@ -442,6 +454,7 @@ def equilibrium(args) -> None:
           f"{ens_s:.0f} s (heat bath, {args.thermalization} thermalization sweeps, every "
           f"{args.save_every}th sweep kept)")
     print_table(rows, [("sampler", "sampler", ""), ("ess", "ESS (or 1/2tau)", ".3f"),
+                       ("var_w", "var W", ".3f"), ("train_s", "train s", ".0f"),
                        ("s_per_traj", "s/trajectory (or sweep)", ".4f"),
                        ("s_per_eff", "s per effective sample", ".4f"),
                        ("plaquette", "<P>", ".5f"), ("plaquette_err", "+-", ".5f")])
@@ -474,8 +487,8 @@ def main() -> None:
     v.add_argument("--flow-batch", type=int, nargs="+", default=[64],
                    help="training batch (one value, or one per size)")
     v.add_argument("--flow-knots", type=int, default=5)
-    v.add_argument("--flow-lr", type=float, default=0.005,
-                   help="Adam rate at 50 steps; at n steps it is scaled by 50/n")
+    v.add_argument("--flow-lr", type=float, default=0.02,
+                   help="Adam rate (the parameters count first-order steps: any n)")
     v.add_argument("--flow-max-steps", type=int, default=0,
                    help="largest n of the SNF scan (default --max-steps); training time per "
                         "optimizer step grows like V n batch")
@@ -491,8 +504,8 @@ def main() -> None:
     t.add_argument("--flow-seconds", type=float, default=0.0,
                    help="train an SNF (shared stout layers) this long and add its row")
     t.add_argument("--flow-batch", type=int, default=64)
-    t.add_argument("--flow-lr", type=float, default=0.005,
-                   help="Adam rate at 50 steps, scaled by 50/steps")
+    t.add_argument("--flow-lr", type=float, default=0.02,
+                   help="Adam rate (the parameters count first-order steps: any n)")
     t.add_argument("--flow-knots", type=int, default=5)
     t.add_argument("--beta-start", type=float, default=0.0,
                    help="add annealing from a heat-bath ensemble at this coupling")
@@ -510,6 +523,13 @@ def main() -> None:
     e.add_argument("--thermalization", type=int, default=200)
     e.add_argument("--save-every", type=int, default=5)
     e.add_argument("--reference", type=int, default=1000)
+    e.add_argument("--snf", action="store_true",
+                   help="add an SNF (shared stout layers) at each --steps")
+    e.add_argument("--flow-seconds", type=float, default=0.0,
+                   help="train each SNF this long (0: the first-order layers untrained)")
+    e.add_argument("--flow-batch", type=int, default=16)
+    e.add_argument("--flow-lr", type=float, default=0.02)
+    e.add_argument("--flow-knots", type=int, default=2)
     e.add_argument("--out", help="JSON path (default perf/out/annealing-equilibrium.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -13,10 +13,11 @@ import torch
 
 from ..errors import InputFileError
 from ..flows.model import GaugeFlow, build_flow
-from ..flows.smearing import StoutSchedule, StoutSmearing
+from ..flows.smearing import StoutSchedule, StoutSmearing, first_order_rho
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
 from ..io.checkpoint import load_latest_checkpoint
 from ..lattice.action import GaugeAction
+from ..lattice.algebra import algebra_basis
 from ..lattice.groups import get_group
 from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
@@ -33,7 +34,8 @@ def build_action(cfg: Config) -> GaugeAction:
 
 def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
     """The untrained sampler of a configuration: a flow (the identity map, ``log q = 0``), an
-    annealing protocol, or a stochastic flow whose flow layers start as the identity."""
+    annealing protocol, or a stochastic flow whose flow layers start as the identity (coupling
+    layers) or at their first-order step (stout layers, ``sampler.init``)."""
     if cfg.sampler.kind == "flow":
         return _flow(cfg, mask_schedule(cfg))
     s = cfg.sampler
@@ -44,10 +46,15 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
         # evenly over the steps, the last one right before the last updates
         positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
         if s.layer == "stout":
+            init = 1.0 if s.init == "first_order" else 0.0
+            betas = protocol(cfg)
+            basis = algebra_basis(group)
             shared = (StoutSchedule(len(cfg.lattice.shape), [p / s.steps for p in positions],
-                                    s.knots) if s.knots else None)
-            layers = [StoutSmearing(group, cfg.lattice.shape, schedule=shared, index=i)
-                      for i in range(n_layers)]
+                                    s.knots, init=init) if s.knots else None)
+            layers = [StoutSmearing(group, cfg.lattice.shape, schedule=shared, index=i,
+                                    rho_unit=first_order_rho(basis, betas[p] - betas[p - 1]),
+                                    init=init)
+                      for i, p in enumerate(positions)]
         else:
             m = cfg.model
             schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,

@@ -24,8 +24,10 @@ of :mod:`hpcflow.flows.smearing` (one ``rho`` per checkerboard half: ``2 Nd`` pa
 layer, or a :class:`~hpcflow.flows.smearing.StoutSchedule` shared by all layers and
 interpolated in the protocol time) or the gauge-equivariant coupling layers of
 :mod:`hpcflow.flows.coupling` (:class:`OnLinks`). Each is conditioned on its protocol step by
-being its own module or by its place in the shared schedule. They start as the identity,
-so an untrained stochastic flow *is* annealing.
+being its own module or by its place in the shared schedule. Coupling layers start as the
+identity (an untrained stochastic flow is then annealing); stout layers start at their
+first-order step by default (:func:`~hpcflow.flows.smearing.first_order_rho`: each carries its
+step's change of coupling to first order in ``beta``), or as the identity.
 
 Training (:meth:`StochasticFlow.forward` with ``train=True``) minimizes the mean work, i.e. the
 KL divergence between the forward and the reverse path measures up to ``log Z_{beta_n} - log

@@ -90,6 +90,8 @@ def test_masks_plot_without_matplotlib(capsys, config, tmp_path, monkeypatch):
     ("sampler={kind: snf, steps: 4, knots: 5}", "sampler.knots"),
     ("sampler={kind: snf, steps: 4, layers: 5}", "sampler.layers"),
     ("sampler={kind: snf, layer: coupling, knots: 2}", "sampler.knots"),
+    ("sampler={kind: snf, init: random}", "sampler.init"),
+    ("sampler={kind: annealing, beta_start: 2.0, start: x.h5}", "sampler.beta_start"),
 ])
 def test_bad_config_values(capsys, config, tmp_path, override, key):
     one_line(capsys, f"config key '{key}'", "train", str(config), "-o", str(tmp_path / "r"),

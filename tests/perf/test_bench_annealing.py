@@ -59,10 +59,13 @@ def test_topology_rows_for_every_sampler(tmp_path):
 def test_equilibrium_rows_and_reference(tmp_path):
     out = tmp_path / "equilibrium.json"
     _run("equilibrium", "--size", "2", "--steps", "1", "2", "--ensemble", "4",
-         "--thermalization", "2", "--save-every", "1", "--reference", "4", "--out", str(out))
+         "--thermalization", "2", "--save-every", "1", "--reference", "4", "--snf",
+         "--flow-seconds", "0.1", "--flow-batch", "2", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 3 and rows[-1]["sampler"].startswith("heat-bath chain")
+    assert [r["sampler"].split(",")[0] for r in rows] == ["5.6 -> 5.7", "snf"] * 2 + [
+        "heat-bath chain at 5.7"]
     assert all(0 < r["plaquette"] < 1 and r["s_per_eff"] > 0 for r in rows)
+    assert rows[1]["train_s"] > 0 and rows[0]["train_s"] == 0
 
 
 def test_resume_refuses_another_studys_file(tmp_path):
