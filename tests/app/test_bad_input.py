@@ -91,7 +91,6 @@ def test_masks_plot_without_matplotlib(capsys, config, tmp_path, monkeypatch):
     ("sampler={kind: snf, steps: 4, layers: 5}", "sampler.layers"),
     ("sampler={kind: snf, layer: coupling, knots: 2}", "sampler.knots"),
     ("sampler={kind: snf, init: random}", "sampler.init"),
-    ("sampler={kind: annealing, beta_start: 2.0, start: x.h5}", "sampler.beta_start"),
 ])
 def test_bad_config_values(capsys, config, tmp_path, override, key):
     one_line(capsys, f"config key '{key}'", "train", str(config), "-o", str(tmp_path / "r"),
@@ -165,3 +164,14 @@ def test_two_ranks_one_message_for_a_batch_that_does_not_split(tmp_path, empty):
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if "train.batch_size" in ln]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_protocol_that_does_not_change_the_coupling():
+    """beta_start equal to action.beta: nothing to anneal, refused naming the key."""
+    from hpcflow import load_config
+    from hpcflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sampler.beta_start"):
+        load_config(None, ["lattice.shape=[4,4]", "lattice.group=U1", "action.beta=2.0",
+                           "sampler.kind=annealing", "sampler.beta_start=2.0",
+                           "sampler.start=x.h5"])
