@@ -60,7 +60,7 @@ def test_equilibrium_rows_and_reference(tmp_path):
     out = tmp_path / "equilibrium.json"
     _run("equilibrium", "--size", "2", "--steps", "1", "2", "--ensemble", "4",
          "--thermalization", "2", "--save-every", "1", "--reference", "4", "--snf",
-         "--flow-seconds", "0.1", "--flow-batch", "2", "--out", str(out))
+         "--flow-seconds", "0.1", "--flow-batch", "2", "--flow-knots", "1", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert [r["sampler"].split(",")[0] for r in rows] == ["5.6 -> 5.7", "snf"] * 2 + [
         "heat-bath chain at 5.7"]

@@ -40,7 +40,8 @@ def test_first_order_scan(tmp_path):
     U(1) 4^3 the work variance drops (measured 8.6 -> 2.9 here)."""
     out = tmp_path / "first.json"
     _run("bench_first_order.py", "--config", "configs/snf_u1_3d.yaml", "--steps", "4",
-         "--factors", "0", "1", "--n", "32", "--batch", "16", "--out", str(out), *TINY)
+         "--factors", "0", "1", "--n", "32", "--batch", "16", "--out", str(out), *TINY,
+         "--set", "sampler.knots=2")
     rows = json.loads(out.read_text())["rows"]
     assert [(r["steps"], r["factor"]) for r in rows] == [(4, 0.0), (4, 1.0)]
     assert rows[1]["var_work"] < 0.6 * rows[0]["var_work"]
