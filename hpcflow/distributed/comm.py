@@ -581,6 +581,9 @@ class MPIComm(Communicator):
     def abort(self, code: int = 1) -> None:
         _flush_before_abort()
         self._comm.Abort(code)
+        # MPI_Abort is a "best attempt": MPICH's returned now and then on a loaded node, and the
+        # caller went on to print its message a second time (the CI failure). Never return.
+        os._exit(code)
 
 
 # ------------------------------------------------------------------------ torch.distributed
@@ -807,6 +810,7 @@ class HorovodComm(Communicator):
         except ImportError:
             os._exit(code)
         MPI.COMM_WORLD.Abort(code)
+        os._exit(code)  # MPI_Abort may return (see MPIComm.abort)
 
     def close(self) -> None:
         self._hvd.shutdown()

@@ -254,3 +254,27 @@ def test_differing_replicas_are_repaired_from_root():
 def test_none_abort_exits_with_code():
     code = "from hpcflow.distributed import NoneComm; NoneComm(device='cpu').abort(3)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 3
+
+
+def test_mpi_abort_never_returns_even_when_mpi_abort_does(monkeypatch):
+    """MPI_Abort is a best attempt: MPICH's returned now and then on a loaded 2-core CI node, and
+    the caller printed its message twice. MPIComm.abort ends the process itself then."""
+    from hpcflow.distributed import comm as comm_module
+
+    class ReturningAbort:
+        def Abort(self, code):  # noqa: N802 - mpi4py's spelling
+            self.code = code
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(comm_module, "ABORT_DRAIN_S", 0.0)
+    monkeypatch.setattr(comm_module.os, "_exit", fake_exit)
+    comm = object.__new__(comm_module.MPIComm)
+    comm._comm = ReturningAbort()
+    with pytest.raises(Exited, match="2"):
+        comm.abort(2)
+    assert comm._comm.code == 2
