@@ -433,7 +433,8 @@ def equilibrium(args) -> None:
             lw, seconds, plaq = draw_trajectories(model, build_action(cfg), args.ensemble, 64,
                                                   seed=cfg.train.seed, start=start,
                                                   observable=plaquette)
-            rows.append(row(f"snf, {n} steps", lw, seconds, plaq, rec["train_s"]))
+            rows.append({**row(f"snf, {n} steps", lw, seconds, plaq, rec["train_s"]),
+                         "opt_steps": rec.get("opt_steps", 0), "p": rec.get("p")})
         # reference: the heat-bath chain at beta
         cfg1 = load_config(None, [*base, f"action.beta={args.beta}",
                                   f"heatbath.thermalization={args.thermalization}",
