@@ -101,11 +101,15 @@ def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
     if terms is None:
         with torch.no_grad():
             terms = series_terms(float(m.flatten(-2).norm(dim=-1).max()) if m.numel() else 0.0)
-    eye = torch.eye(n, dtype=m.dtype, device=m.device)
-    g = eye.expand_as(m)  # Horner: G = 1 - M/2 (1 - M/3 (... (1 - M/terms)))
+    # Horner on G D itself: G D = D - M/2 (D - M/3 (... (D - M D / terms))), one fused
+    # multiply-add per term (baddbmm) instead of a product, a division and a subtraction
+    lead = m.shape[:-2]
+    m3, d3 = m.reshape(-1, n, n), d.reshape(-1, n, n)
+    gd = d3
     for k in range(terms, 1, -1):
-        g = eye - (m @ g) / k
-    return torch.linalg.slogdet(eye - rho[..., None, None] * (g @ d))[1]
+        gd = torch.baddbmm(d3, m3, gd, alpha=-1.0 / k)
+    eye = torch.eye(n, dtype=m.dtype, device=m.device)
+    return torch.linalg.slogdet(eye - rho[..., None, None] * gd.reshape(*lead, n, n))[1]
 
 
 def first_order_rho(basis: torch.Tensor, dbeta: float) -> float:
@@ -212,6 +216,11 @@ class StoutSmearing(nn.Module):
         rho = self.rho()
         logdet = links.new_zeros(batch, dtype=rho.dtype)
         flat = links.reshape(batch, nd * volume, nc, nc)  # link (mu, x) at mu * V + x
+        # without autograd (sampling) one copy of the links is updated in place; with it every
+        # half makes a new tensor, as the graph needs
+        inplace = not torch.is_grad_enabled()
+        if inplace:
+            flat = flat.clone()
         for mu in range(nd):
             for parity in (0, 1):
                 sites, a = staple_at(flat.view_as(links), mu, parity, g)
@@ -222,5 +231,6 @@ class StoutSmearing(nn.Module):
                 logdet = logdet + stout_logdet(
                     w, r, self.basis, structure=(self.structure_f, self.structure_prod)).sum(1)
                 new = g.mul(algebra_exp(-r * project_algebra(w), g), u)
-                flat = flat.index_copy(1, rows, new)
+                flat = (flat.index_copy_(1, rows, new) if inplace
+                        else flat.index_copy(1, rows, new))
         return flat.view_as(links), logdet

@@ -57,6 +57,20 @@ def test_zero_parameters_are_the_identity(name):
 
 
 @pytest.mark.parametrize("name", ["U1", "SU3"])
+def test_sampling_without_autograd_equals_the_graph_path_and_keeps_the_input(name):
+    """Without autograd the layer updates one copy of the links in place."""
+    g = get_group(name)
+    links = g.random((2, 3, 4, 4, 2), generator=torch.Generator().manual_seed(1))
+    before = links.clone()
+    layer = layer_with(g, (4, 4, 2), 3.0)
+    out, logdet = layer(links)
+    with torch.no_grad():
+        out_ng, logdet_ng = layer(links)
+    assert torch.equal(links, before)
+    assert torch.equal(out_ng, out.detach()) and torch.equal(logdet_ng, logdet.detach())
+
+
+@pytest.mark.parametrize("name", ["U1", "SU3"])
 def test_gauge_covariant_and_logdet_invariant(name):
     g = get_group(name)
     shape = (4, 2, 2)
