@@ -133,6 +133,9 @@ def analyze_file(path: str | Path, *, batch_size: int | None = None,
     result["acceptance"] = acceptance_rate(_steps_after_start(accepted, starts)).to_dict()
     if flow:
         result["ess"] = ess(log_w)
+        lw = np.asarray(log_w, dtype=np.float64)
+        # var(log w): for annealing and SNFs var W, whose c / n law picks sampler.steps (README)
+        result["log_weight_var"] = float(lw.var(ddof=1)) if lw.size > 1 else math.nan
         lz = log_z_estimate(log_w).to_dict()
         if math.isfinite(log_z_start):
             lz["value"] += log_z_start
@@ -216,5 +219,6 @@ def format_report(result: dict) -> str:
         exact_lz = ex.get("log_z")
         extra = f"   exact {exact_lz:.6f}" if exact_lz is not None else ""
         what = "log Z - log Z(beta_start)" if result.get("log_z_relative") else "log Z"
-        lines.append(f"ESS: {result['ess']:.4f}   {what}: {_fmt(lz)}{extra}")
+        lines.append(f"ESS: {result['ess']:.4f}   var(log w): {result['log_weight_var']:.4g}"
+                     f"   {what}: {_fmt(lz)}{extra}")
     return "\n".join(lines)

@@ -141,6 +141,9 @@ def test_analyze_reports_estimates_and_exact_values(run_dir, tmp_path):
     assert result["replicas"] == plaq["chain"]["replicas"] == 1  # one rank: one chain
     assert result["exact"]["plaquette"] == pytest.approx(0.4463, abs=0.01)  # 2D U(1), beta=1
     assert 0 < result["ess"] <= 1 and 0 <= result["acceptance"]["value"] <= 1
+    with open_samples(out / "samples.h5") as s:
+        lw = np.asarray(s.log_weight[:], dtype=np.float64)
+    assert result["log_weight_var"] == pytest.approx(lw.var(ddof=1), rel=1e-12)
 
 
 # ------------------------------------------------------------------- chains of ranks as replicas
