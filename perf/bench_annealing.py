@@ -355,13 +355,24 @@ def topology(args) -> None:
                       n_total=args.trajectories)
             ens_s = time.perf_counter() - t0
             start = StartEnsemble(ens / "samples.h5", "U1", shape, args.beta_start)
-            lw, seconds, q = anneal(
-                [*base, f"sampler.steps={args.from_steps}", f"sampler.beta_start={args.beta_start}",
-                 f"sampler.start={ens / 'samples.h5'}"], args.trajectories, start=start,
-                observable=charge)
-        imh_row(f"{args.beta_start} -> {args.beta} annealing {args.from_steps} steps from a "
-                f"heat-bath ensemble, IMH (ensemble counted)", lw, q, seconds + ens_s)
-        rows[-1]["ensemble_s"] = ens_s
+            over = [*base, f"sampler.steps={args.from_steps}",
+                    f"sampler.beta_start={args.beta_start}", f"sampler.start={ens / 'samples.h5'}"]
+            lw, seconds, q = anneal(over, args.trajectories, start=start, observable=charge)
+            imh_row(f"{args.beta_start} -> {args.beta} annealing {args.from_steps} steps from a "
+                    f"heat-bath ensemble, IMH (ensemble counted)", lw, q, seconds + ens_s)
+            rows[-1]["ensemble_s"] = ens_s
+            if args.flow_seconds > 0:  # the same with trained stout layers
+                cfg_f, model, rec = train_stout(over, args.from_steps, args.flow_seconds,
+                                                batch=args.flow_batch, knots=args.flow_knots,
+                                                lr=args.flow_lr)
+                lw, seconds, q = draw_trajectories(model, build_action(cfg_f), args.trajectories,
+                                                   256, seed=cfg_f.train.seed, start=start,
+                                                   observable=charge)
+                imh_row(f"{args.beta_start} -> {args.beta} SNF {args.from_steps} steps from the "
+                        f"same ensemble, IMH (ensemble and training counted)", lw, q,
+                        seconds + ens_s + rec["train_s"])
+                rows[-1].update(ensemble_s=ens_s, train_s=rec["train_s"],
+                                opt_steps=rec["opt_steps"], lr=rec["lr"])
     chi_exact = exact.u1_2d_topological_susceptibility(args.beta, math.prod(shape))
     print(f"2D U(1) {args.size}x{args.size} beta {args.beta}: exact chi_t = {chi_exact:.6f}")
     print_table(rows, [("sampler", "sampler", ""), ("steps", "chain steps", "d"),

@@ -134,8 +134,11 @@ def analyze_file(path: str | Path, *, batch_size: int | None = None,
     if flow:
         result["ess"] = ess(log_w)
         lw = np.asarray(log_w, dtype=np.float64)
-        # var(log w): for annealing and SNFs var W, whose c / n law picks sampler.steps (README)
-        result["log_weight_var"] = float(lw.var(ddof=1)) if lw.size > 1 else math.nan
+        # var(log w): for annealing and SNFs var W, whose c / n law picks sampler.steps (README);
+        # a zero weight (log w = -inf) makes it infinite, not a numpy warning
+        with np.errstate(invalid="ignore", over="ignore"):
+            var = float(lw.var(ddof=1)) if lw.size > 1 else math.nan
+        result["log_weight_var"] = math.inf if np.isneginf(lw).any() else var
         lz = log_z_estimate(log_w).to_dict()
         if math.isfinite(log_z_start):
             lz["value"] += log_z_start
@@ -219,6 +222,7 @@ def format_report(result: dict) -> str:
         exact_lz = ex.get("log_z")
         extra = f"   exact {exact_lz:.6f}" if exact_lz is not None else ""
         what = "log Z - log Z(beta_start)" if result.get("log_z_relative") else "log Z"
-        lines.append(f"ESS: {result['ess']:.4f}   var(log w): {result['log_weight_var']:.4g}"
+        lines.append(f"ESS: {result['ess']:.4f}   "
+                     f"var(log w): {result.get('log_weight_var', math.nan):.4g}"
                      f"   {what}: {_fmt(lz)}{extra}")
     return "\n".join(lines)

@@ -580,10 +580,13 @@ class MPIComm(Communicator):
 
     def abort(self, code: int = 1) -> None:
         _flush_before_abort()
-        self._comm.Abort(code)
-        # MPI_Abort is a "best attempt": MPICH's returned now and then on a loaded node, and the
-        # caller went on to print its message a second time (the CI failure). Never return.
-        os._exit(code)
+        try:
+            self._comm.Abort(code)
+        finally:
+            # MPI_Abort is a "best attempt": MPICH's returned now and then on a loaded node, and
+            # the caller went on to print its message a second time (a CI failure); mpi4py
+            # raises instead where the library reports an error. Never return, never raise.
+            os._exit(code)
 
 
 # ------------------------------------------------------------------------ torch.distributed
@@ -809,8 +812,10 @@ class HorovodComm(Communicator):
             from mpi4py import MPI
         except ImportError:
             os._exit(code)
-        MPI.COMM_WORLD.Abort(code)
-        os._exit(code)  # MPI_Abort may return (see MPIComm.abort)
+        try:
+            MPI.COMM_WORLD.Abort(code)
+        finally:
+            os._exit(code)  # MPI_Abort may return or raise (see MPIComm.abort)
 
     def close(self) -> None:
         self._hvd.shutdown()

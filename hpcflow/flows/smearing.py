@@ -104,7 +104,7 @@ def stout_logdet(w: torch.Tensor, rho: torch.Tensor, basis: torch.Tensor,
     # Horner on G D itself: G D = D - M/2 (D - M/3 (... (D - M D / terms))), one fused
     # multiply-add per term (baddbmm) instead of a product, a division and a subtraction
     lead = m.shape[:-2]
-    m3, d3 = m.reshape(-1, n, n), d.reshape(-1, n, n)
+    m3, d3 = m.reshape(-1, n, n), d.expand(m.shape).reshape(-1, n, n)
     gd = d3
     for k in range(terms, 1, -1):
         gd = torch.baddbmm(d3, m3, gd, alpha=-1.0 / k)

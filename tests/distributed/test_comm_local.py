@@ -256,17 +256,21 @@ def test_none_abort_exits_with_code():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 3
 
 
-def test_mpi_abort_never_returns_even_when_mpi_abort_does(monkeypatch):
+@pytest.mark.parametrize("behaviour", ["returns", "raises"])
+def test_mpi_abort_never_returns_even_when_mpi_abort_does(monkeypatch, behaviour):
     """MPI_Abort is a best attempt: MPICH's returned now and then on a loaded 2-core CI node, and
-    the caller printed its message twice. MPIComm.abort ends the process itself then."""
+    the caller printed its message twice; mpi4py raises where the library reports an error.
+    MPIComm.abort ends the process itself in both cases."""
     from hpcflow.distributed import comm as comm_module
 
-    class ReturningAbort:
+    class Exited(BaseException):
+        pass
+
+    class FailingAbort:
         def Abort(self, code):  # noqa: N802 - mpi4py's spelling
             self.code = code
-
-    class Exited(Exception):
-        pass
+            if behaviour == "raises":
+                raise RuntimeError("MPI_Abort failed")
 
     def fake_exit(code):
         raise Exited(code)
@@ -274,7 +278,7 @@ def test_mpi_abort_never_returns_even_when_mpi_abort_does(monkeypatch):
     monkeypatch.setattr(comm_module, "ABORT_DRAIN_S", 0.0)
     monkeypatch.setattr(comm_module.os, "_exit", fake_exit)
     comm = object.__new__(comm_module.MPIComm)
-    comm._comm = ReturningAbort()
+    comm._comm = FailingAbort()
     with pytest.raises(Exited, match="2"):
         comm.abort(2)
     assert comm._comm.code == 2

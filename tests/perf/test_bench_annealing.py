@@ -48,11 +48,14 @@ def test_topology_rows_for_every_sampler(tmp_path):
          "--flow-knots", "2", "--beta-start", "1", "--from-steps", "2", "--out", str(out))
     data = json.loads(out.read_text())
     names = [r["sampler"] for r in data["rows"]]
-    assert len(names) == 5 and names[0].startswith("heat bath") and names[1].startswith("HMC")
+    assert len(names) == 6 and names[0].startswith("heat bath") and names[1].startswith("HMC")
     assert "SNF" in names[3] and "heat-bath ensemble" in names[4]
+    assert "SNF" in names[5] and "same ensemble" in names[5]
     for r in data["rows"]:
         assert r["steps"] > 0 and math.isfinite(r["chi"]) and r["chi"] >= 0
     assert data["rows"][4]["ensemble_s"] > 0 and data["rows"][3]["train_s"] > 0
+    assert data["rows"][5]["ensemble_s"] == data["rows"][4]["ensemble_s"]
+    assert data["rows"][5]["train_s"] > 0
     assert 0 < data["chi_exact"] < 1
 
 
