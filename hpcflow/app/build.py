@@ -46,7 +46,8 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
         # evenly over the steps, the last one right before the last updates
         positions = [-(-(i + 1) * s.steps // n_layers) for i in range(n_layers)]
         if s.layer == "stout":
-            init = 1.0 if s.init == "first_order" else 0.0
+            first = s.init == "first_order" or (s.init == "auto" and s.beta_start == 0)
+            init = 1.0 if first else 0.0
             betas = protocol(cfg)
             basis = algebra_basis(group)
             shared = (StoutSchedule(len(cfg.lattice.shape), [p / s.steps for p in positions],

@@ -395,13 +395,17 @@ class SamplerConfig:
     few numbers (far less gradient noise per parameter: trains in fewer optimizer steps).
     The parameters count units of each layer's first-order step (``sampler.init``), so one
     ``train.lr`` (0.01-0.02) fits every protocol length."""
-    init: Literal["first_order", "identity"] = "first_order"
+    init: Literal["auto", "first_order", "identity"] = "auto"
     """snf with stout layers: the layers' start. ``first_order``: each carries its step's
     change of coupling to first order in ``beta`` (smearing ``rho = dbeta / (4 c N)``, ``c``
     the Casimir of the fundamental: ``(N^2 - 1)/N``, 1 for U(1)); exact as ``beta -> 0``,
     so an untrained SNF already beats annealing (SU(3) 4^4 at beta = 1: ``var W`` 0.02
     against 1.7) and training refines it. ``identity``: the layers start as the identity
-    (an untrained SNF is annealing). Coupling layers always start as the identity."""
+    (an untrained SNF is annealing). ``auto``: ``first_order`` from Haar links
+    (``beta_start`` 0), ``identity`` from an equilibrium ensemble, where the links are far from
+    Haar and the first-order step overshoots many times (2D U(1) beta 3 -> 6: ``var W`` 32
+    against 1.2 for the identity, perf/RESULTS.md). Coupling layers always start as the
+    identity."""
 
     def check(self, key: str) -> None:
         for name in ("steps", "sweeps"):

@@ -86,6 +86,26 @@ def test_identity_layers_give_annealing_exactly(layer):
     assert torch.allclose(u_a, u_s, atol=1e-12) and np.allclose(lw_a, lw_s, atol=1e-10)
 
 
+def test_auto_init_is_first_order_from_haar_and_identity_from_an_ensemble():
+    """sampler.init: auto (the default) starts the stout layers at their first-order step
+    from Haar links and as the identity from an equilibrium ensemble (far from Haar)."""
+    from hpcflow.flows.smearing import StoutSmearing
+
+    base = ("sampler.kind=snf", "sampler.steps=4", "sampler.layer=stout")
+    haar = build_model(config("U1", (4, 4), 2.0, *base))
+    ens = build_model(config("U1", (4, 4), 2.0, *base, "sampler.beta_start=1.0",
+                             "sampler.start=ensemble.h5"))
+    forced = build_model(config("U1", (4, 4), 2.0, *base, "sampler.beta_start=1.0",
+                                "sampler.start=ensemble.h5", "sampler.init=first_order"))
+
+    def ps(model):
+        return [m.p for m in model.modules() if isinstance(m, StoutSmearing)]
+
+    assert len(ps(haar)) == len(ps(ens)) == 4
+    assert all(bool((p == 1).all()) for p in ps(haar) + ps(forced))
+    assert all(bool((p == 0).all()) for p in ps(ens))
+
+
 def test_independent_of_batch_composition():
     cfg = config("SU3", (4, 4), 3.0, "sampler.kind=annealing", "sampler.steps=3")
     _, lw_all = draw(cfg, 6, batch=6)
