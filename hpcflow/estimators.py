@@ -66,6 +66,7 @@ __all__ = [
     "independence_metropolis",
     "integrated_autocorrelation_time",
     "jackknife",
+    "log_weight_variance",
     "log_z_estimate",
     "logsumexp",
     "reweighted_mean",
@@ -453,6 +454,17 @@ def ess(log_weight) -> float:
     if not (math.isfinite(a) and math.isfinite(b)):
         return math.nan
     return min(1.0, math.exp(2.0 * a - b - math.log(lw.size)))
+
+
+def log_weight_variance(log_weight) -> float:
+    """Sample variance of ``log w: [n]`` (for annealing and stochastic flows ``var W``, whose
+    ``c / n`` law picks the protocol length; README, "Which sampler"). ``inf`` when a weight is
+    zero (``log w = -inf``), ``nan`` for one sample or a ``nan`` weight."""
+    lw = _log_weights(log_weight)
+    if np.isneginf(lw).any():
+        return math.inf
+    with np.errstate(invalid="ignore", over="ignore"):  # +inf or nan weights: nan, quietly
+        return float(lw.var(ddof=1)) if lw.size > 1 else math.nan
 
 
 def log_z_estimate(log_weight, method: str = "delta", n_blocks: int | None = None) -> Estimate:

@@ -21,6 +21,7 @@ from hpcflow.estimators import (
     format_value_error,
     integrated_autocorrelation_time,
     jackknife,
+    log_weight_variance,
     log_z_estimate,
     logsumexp,
     reweighted_mean,
@@ -299,6 +300,22 @@ def test_ess_of_equal_and_dominated_weights():
     # two equal weights out of n: 2/n
     lw[18] = 1000.0
     assert ess(lw) == pytest.approx(2.0 / n, rel=1e-9)
+
+
+def test_log_weight_variance_and_its_edge_cases():
+    lw = np.random.default_rng(3).normal(-40.0, 1.3, size=500)
+    assert log_weight_variance(lw) == pytest.approx(np.var(lw, ddof=1), rel=1e-12)
+    lw[7] = -np.inf  # a zero weight
+    assert log_weight_variance(lw) == math.inf
+    assert math.isnan(log_weight_variance(np.array([0.5])))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning reaches the user
+        assert math.isnan(log_weight_variance(np.array([0.0, np.inf, 1.0])))
+        assert math.isnan(log_weight_variance(np.array([0.0, np.nan, 1.0])))
+    with pytest.raises(ValueError, match="no weights"):
+        log_weight_variance(np.array([]))
 
 
 def test_ess_matches_the_direct_formula():

@@ -37,6 +37,7 @@ from ..estimators import (
     acceptance_rate,
     chain_mean,
     ess,
+    log_weight_variance,
     log_z_estimate,
     reweighted_mean,
     split_replicas,
@@ -133,12 +134,7 @@ def analyze_file(path: str | Path, *, batch_size: int | None = None,
     result["acceptance"] = acceptance_rate(_steps_after_start(accepted, starts)).to_dict()
     if flow:
         result["ess"] = ess(log_w)
-        lw = np.asarray(log_w, dtype=np.float64)
-        # var(log w): for annealing and SNFs var W, whose c / n law picks sampler.steps (README);
-        # a zero weight (log w = -inf) makes it infinite, not a numpy warning
-        with np.errstate(invalid="ignore", over="ignore"):
-            var = float(lw.var(ddof=1)) if lw.size > 1 else math.nan
-        result["log_weight_var"] = math.inf if np.isneginf(lw).any() else var
+        result["log_weight_var"] = log_weight_variance(log_w)
         lz = log_z_estimate(log_w).to_dict()
         if math.isfinite(log_z_start):
             lz["value"] += log_z_start

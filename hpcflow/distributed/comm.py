@@ -476,6 +476,19 @@ def _flush_before_abort() -> None:
     time.sleep(ABORT_DRAIN_S)
 
 
+def _abort_world(world, code: int) -> None:
+    """``MPI_Abort`` on the mpi4py communicator ``world`` (or nothing when ``None``), then end
+    this process whatever happened. MPI_Abort is a "best attempt": MPICH's returned now and then
+    on a loaded node, and the caller went on to print its message a second time (a CI failure);
+    mpi4py raises instead where the library reports an error. Never returns, never raises."""
+    _flush_before_abort()
+    try:
+        if world is not None:
+            world.Abort(code)
+    finally:
+        os._exit(code)
+
+
 # ------------------------------------------------------------------------------------- none
 class NoneComm(Communicator):
     """One process: collectives return their input (a copy where a new object is returned)."""
@@ -579,14 +592,7 @@ class MPIComm(Communicator):
         self._comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
-        _flush_before_abort()
-        try:
-            self._comm.Abort(code)
-        finally:
-            # MPI_Abort is a "best attempt": MPICH's returned now and then on a loaded node, and
-            # the caller went on to print its message a second time (a CI failure); mpi4py
-            # raises instead where the library reports an error. Never return, never raise.
-            os._exit(code)
+        _abort_world(self._comm, code)
 
 
 # ------------------------------------------------------------------------ torch.distributed
@@ -718,10 +724,8 @@ class TorchComm(Communicator):
         self._allreduce_(torch.zeros(1, device=self._wire), "sum")
 
     def abort(self, code: int = 1) -> None:
-        _flush_before_abort()
-        if self._mpi_world is not None:
-            self._mpi_world.Abort(code)
-        os._exit(code)  # torchrun or alone: the agent / other ranks notice the dead peer
+        # without MPI (torchrun, or alone) the agent / other ranks notice the dead peer
+        _abort_world(self._mpi_world, code)
 
     def close(self) -> None:
         """Tear down in step: barrier, destroy the process group, then drop the TCPStore
@@ -807,15 +811,11 @@ class HorovodComm(Communicator):
         self._hvd.barrier()
 
     def abort(self, code: int = 1) -> None:
-        _flush_before_abort()
         try:
             from mpi4py import MPI
         except ImportError:
-            os._exit(code)
-        try:
-            MPI.COMM_WORLD.Abort(code)
-        finally:
-            os._exit(code)  # MPI_Abort may return or raise (see MPIComm.abort)
+            MPI = None  # noqa: N806 - the module's name
+        _abort_world(MPI.COMM_WORLD if MPI is not None else None, code)
 
     def close(self) -> None:
         self._hvd.shutdown()

@@ -282,3 +282,5 @@ def test_mpi_abort_never_returns_even_when_mpi_abort_does(monkeypatch, behaviour
     with pytest.raises(Exited, match="2"):
         comm.abort(2)
     assert comm._comm.code == 2
+    with pytest.raises(Exited, match="3"):  # no MPI world (torchrun, alone): exits all the same
+        comm_module._abort_world(None, 3)
