@@ -6,7 +6,9 @@ records (nested calls included, as in the issue's figures) and the top-level cal
 `TorchDispatchMode` sees (closer to kernel launches); then the median time of a batch-64
 training step (the loss of the configuration's `train.gradient`, backward, Adam step) in eager
 mode, and with `--compile` the same step with the coupling layers compiled
-(`GaugeFlow.compile_layers`, config key `distributed.compile`). One thread throughout.
+(`GaugeFlow.compile_layers`, config key `distributed.compile`); its profiler count is the
+``aten::`` events left plus every generated kernel run (inductor's `cpp.enable_kernel_profile`).
+One thread throughout.
 
 `--baseline REV` extracts `hpcflow/` of git revision `REV` into a temporary folder and measures
 it in a subprocess on the same prior links and parameters, so the table compares both codes on
@@ -14,7 +16,7 @@ one machine in one run. Both codes also run the flow in float64 (same parameters
 the last column is the largest difference of `log q` (the issue asks for 1e-10).
 
     python perf/bench_ops.py [--configs configs/u1_2d.yaml ...] [--baseline 942f697] \
-        [--batch 64] [--repeats 5] [--compile]
+        [--batch 64] [--repeats 5] [--rounds 3] [--compile]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import collections
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,15 +55,17 @@ def _count_dispatch(fn) -> int:
 
 
 def _count_profiler(fn) -> int:
+    """``aten::`` events, plus the kernels inductor generated (compiled path; their names hold
+    ``cpp_fused``, recorded with ``cpp.enable_kernel_profile``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") or "cpp_fused" in e.name)
 
 
 def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | None,
-            overrides: list[str]) -> dict:
+            overrides: list[str], count: bool = True) -> dict:
     """Worker: counts and times for one configuration with the code on ``sys.path``
     (``repeats = 0``: only ``log q`` of the batch, for the float64 comparison)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,6 +79,9 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
     torch.manual_seed(0)
     model = build_model(cfg)
     if compiled:
+        import torch._inductor.config as inductor
+
+        inductor.cpp.enable_kernel_profile = True  # each generated kernel shows in the profiler
         model.compile_layers()
     if state and Path(state).exists():
         model.load_state_dict(torch.load(state))
@@ -115,9 +123,9 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
     if repeats == 0:
         return {"log_q": log_q}
     step1()  # warm-up (and compilation)
-    # a compiled step runs fused kernels: the counts describe eager code only
-    n_dispatch = None if compiled else _count_dispatch(step1)
-    n_profiler = None if compiled else _count_profiler(step1)
+    # a compiled step runs generated kernels, which no dispatch mode sees: profiler count only
+    n_dispatch = None if compiled or not count else _count_dispatch(step1)
+    n_profiler = _count_profiler(step1) if count else None
     t = time_it(step_b, torch.device("cpu"), repeats=repeats, warmup=2)
     import hpcflow
     return {"config": config, "code_path": str(Path(hpcflow.__file__).parent),
@@ -127,12 +135,13 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
 
 
 def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
-                float64: bool = False) -> dict:
+                float64: bool = False, count: bool = True) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", "--configs", config, "--state", state,
            "--batch", str(8 if float64 else args.batch), "--repeats",
            str(0 if float64 else args.repeats)] + (["--compile"] if compiled else [])
     cmd += ["--set", "model.dtype=float64"] if float64 else []
+    cmd += [] if count else ["--no-count"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"worker failed for {config} ({code_root}):\n{out.stderr[-3000:]}")
@@ -146,6 +155,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time the compiled path")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="time every code this many times, in turn (the VM's speed drifts by "
+                        "~20%% over minutes); the table gives the median")
+    p.add_argument("--no-count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="perf/out/bench_ops.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--state", default=None, help=argparse.SUPPRESS)
@@ -153,7 +166,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(args.configs[0], args.batch, args.repeats, args.compile,
-                                 args.state, args.set)))
+                                 args.state, args.set, count=not args.no_count)))
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -170,14 +183,17 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(base_root)], input=archive, check=True)
         for i, config in enumerate(args.configs):
             state = str(Path(tmp) / f"state{i}.pt")
-            runs = []
-            if base_root is not None:
-                runs.append(("baseline " + args.baseline, _run_worker(base_root, args, config,
-                                                                      False, state)))
-            runs.append(("this tree", _run_worker(ROOT, args, config, False, state)))
-            if args.compile:
-                runs.append(("this tree, compiled", _run_worker(ROOT, args, config, True,
-                                                                state)))
+            codes = ([("baseline " + args.baseline, base_root, False)] if base_root else [])
+            codes += [("this tree", ROOT, False)]
+            codes += [("this tree, compiled", ROOT, True)] if args.compile else []
+            runs = [(name, _run_worker(root, args, config, compiled, state))
+                    for name, root, compiled in codes]
+            for _ in range(args.rounds - 1):  # the codes in turn again: times only
+                for (_name, root, compiled), (_, r) in zip(codes, runs, strict=True):
+                    r.setdefault("step_ms_rounds", [r["step_ms"]]).append(_run_worker(
+                        root, args, config, compiled, state, count=False)["step_ms"])
+            for _, r in runs:
+                r["step_ms"] = statistics.median(r.get("step_ms_rounds", [r["step_ms"]]))
             # the same flow in float64 (its own parameters): log q of both codes to 1e-10
             state64 = str(Path(tmp) / f"state{i}-f64.pt")
             q64 = [_run_worker(root, args, config, False, state64, float64=True)["log_q"]
@@ -185,10 +201,9 @@ def main() -> None:
             ref = runs[0][1]
             for name, r in runs:
                 dq = max(abs(a - b) for a, b in zip(r["log_q"], ref["log_q"], strict=True))
-                counted = r["ops_profiler"] is not None
+                counted = r["ops_dispatch"] is not None
                 rows.append({**{k: v for k, v in r.items() if k != "log_q"}, "code": name,
-                             "ops_ratio": ref["ops_profiler"] / r["ops_profiler"]
-                             if counted else None,
+                             "ops_ratio": ref["ops_profiler"] / r["ops_profiler"],
                              "dispatch_ratio": ref["ops_dispatch"] / r["ops_dispatch"]
                              if counted else None,
                              "speedup": ref["step_ms"] / r["step_ms"], "max_dlogq": dq,

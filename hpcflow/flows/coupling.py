@@ -15,6 +15,7 @@ active loop. Frozen loops contain no active link, so the context is computed onc
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -78,33 +79,52 @@ class GaugeCoupling(nn.Module):
         self._buffer("feature_off", torch.stack([~s.reshape(volume) for _, s in plan.features])
                      .view(1, len(plan.features), 1, volume))
         # Update k: active loops of every assignment, the links they move, their parameters.
+        links, sites = [], []
         for k, update in enumerate(plan.updates):
-            links, params = [], []
-            for a in update:
-                i, _ = path_indices(a.path, lattice, a.sites)
-                site = i[:, 0] - a.mu * volume  # the first step is the active link itself
-                links.append(i[:, 0])
-                params.append((k * len(self.directions) + self.directions.index(a.mu)) * volume
-                              + site)
+            links.append([path_indices(a.path, lattice, a.sites)[0][:, 0] for a in update])
+            # the first step of each active loop is the active link itself
+            sites.append([i - a.mu * volume for i, a in zip(links[k], update, strict=True)])
             self._buffer(f"update_table_{k}", path_table([a.path for a in update], lattice,
                                                          [a.sites for a in update]))
-            self._buffer(f"update_links_{k}", torch.cat(links))
-            self._buffer(f"update_params_{k}", torch.cat(params))
+            self._buffer(f"update_links_{k}", torch.cat(links[k]))
+        # The context is needed at the active links' sites only: the network's last layer runs
+        # there (``forward_at``: a quarter or half of the lattice, most of its multiplications).
+        wanted = torch.unique(torch.cat([torch.cat(s) for s in sites])) if sites else \
+            torch.zeros(0, dtype=torch.long)
+        self.n_sites = len(wanted)
+        head = net[-1] if isinstance(net, nn.Sequential) and len(net) else None
+        self.head_at = hasattr(head, "forward_at")
+        self._buffer("head_index", head.site_index(lattice, wanted) if self.head_at else wanted)
+        position = torch.full((volume,), -1, dtype=torch.long)
+        position[wanted] = torch.arange(len(wanted))
+        for k, update in enumerate(plan.updates):
+            # parameter row: position of the site * K * D + k * D + d
+            self._buffer(f"update_params_{k}", torch.cat([
+                position[site] * self.n_updates * len(self.directions)
+                + k * len(self.directions) + self.directions.index(a.mu)
+                for a, site in zip(update, sites[k], strict=True)]))
 
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
 
     def _context(self, extended: torch.Tensor) -> torch.Tensor:
-        """Transform parameters ``[B, K * len(directions) * V, P]`` from the frozen loops of the
-        extended links (row ``(k * D + d) * V + site``: update ``k``, direction
-        ``directions[d]``)."""
+        """Transform parameters ``[B, S * K * len(directions), P]`` from the frozen loops of
+        the extended links, at the ``S`` sites of the active links (row ``(s * K + k) * D + d``:
+        the ``s``-th of those sites, update ``k``, direction ``directions[d]``)."""
         lt = self.link_transform
         b, volume = extended.shape[0], math.prod(self.lattice)
         w = table_product(extended, self.feature_table, lt.algebra)  # [B, F * V, *E]
         f = lt.loop_features(w.view(b, len(self.feature_paths), volume, *w.shape[2:]))
         f = f.transpose(1, 2).masked_fill(self.feature_off, 0.0)  # [B, F, C, V]
-        out = self.net(f.reshape(b, -1, *self.lattice))  # [B, K * D * P, *L]
-        return out.view(b, -1, lt.n_params, volume).transpose(2, 3).reshape(b, -1, lt.n_params)
+        h = f.reshape(b, -1, *self.lattice)
+        if self.head_at:
+            for module in list(self.net)[:-1]:
+                h = module(h)
+            out = self.net[-1].forward_at(h, self.head_index)  # [B, S, K * D * P]
+        else:
+            out = self.net(h).reshape(b, -1, volume).transpose(1, 2).index_select(
+                1, self.head_index)
+        return out.reshape(b, -1, lt.n_params)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x -> (x', log|det J|)``; ``log|det J|: [B]``."""
@@ -123,8 +143,18 @@ class GaugeCoupling(nn.Module):
         loops run on one thread (``cpp.threads = 1``; library calls such as convolutions keep
         torch's threads): with torch 2.13 a multi-threaded generated backward kernel of these
         layers crashed (segmentation fault) with 2 threads on a CPU."""
-        self._compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
-                                       options={"cpp.threads": 1, **options})
+        compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
+                                 options={"cpp.threads": 1, **options})
+
+        def run(x, *, inverse: bool):
+            # The SU(N) maps read constant tables from ``functools.lru_cache``d pure functions
+            # of (dtype, device, mode); dynamo traces through them, which is exact here, and
+            # would warn once per function at the first (tracing) call.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*functools.lru_cache")
+                return compiled(x, inverse=inverse)
+
+        self._compiled = run
 
     def _run(self, x, *, inverse: bool):
         lt = self.link_transform

@@ -53,10 +53,14 @@ class Algebra:
         raise NotImplementedError
 
     def reduce_steps(self, links: torch.Tensor) -> torch.Tensor:
-        """Ordered product along axis 2 of ``[B, n, len, *E]`` (no daggers): ``[B, n, *E]``."""
-        out = links[:, :, 0]
-        for s in range(1, links.shape[2]):
-            out = self.mul(out, links[:, :, s])
+        """Ordered product along axis 1 of step-major ``[B, len, n, *E]`` (no daggers):
+        ``[B, n, *E]``. ``unbind``, not indexing: each step is a contiguous slice, and the
+        backward stacks the steps' gradients once (the backward of each ``links[:, s]`` would
+        fill a zero tensor of the whole gather: ~25% of an SU(3) 4^4 training step)."""
+        steps = links.unbind(1)
+        out = steps[0]
+        for step in steps[1:]:
+            out = self.mul(out, step)
         return out
 
 
@@ -75,7 +79,7 @@ class Angles(Algebra):
         return torch.cat([flat, -flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
 
     def reduce_steps(self, links):
-        return links.sum(2)
+        return links.sum(1)
 
 
 class Counts(Algebra):
@@ -96,7 +100,7 @@ class Counts(Algebra):
         return torch.cat([flat, flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
 
     def reduce_steps(self, links):
-        return links.sum(2)
+        return links.sum(1)
 
 
 class Group(Algebra):

@@ -225,8 +225,8 @@ def table_product(extended: torch.Tensor, table: torch.Tensor, algebra: Algebra)
     :func:`path_product` at the tabulated base sites. Daggers and padding are read, not
     computed, so a path costs one gather and ``len - 1`` products for the whole batch.
     """
-    links = extended.index_select(1, table.reshape(-1))
-    return algebra.reduce_steps(links.view(extended.shape[0], *table.shape,
+    links = extended.index_select(1, table.t().reshape(-1))  # step-major: [B, len * n, *E]
+    return algebra.reduce_steps(links.view(extended.shape[0], table.shape[1], table.shape[0],
                                            *extended.shape[2:]))
 
 

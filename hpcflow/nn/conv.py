@@ -22,6 +22,12 @@ There is no loop over lattice slices, only ``k_0`` cheap additions of shifted vi
 straight into the contiguous output. The same
 construction works on top of any (Nd-1)-dimensional convolution, so it recurses for Nd > 4 and
 can be forced for Nd = 2, 3 (``fold=True``) to check it against the native convolutions.
+
+Output at a few sites only (``ConvNd.forward_at``): a coupling layer reads its context network's
+last layer at the sites of its active links only (a quarter or half of the lattice), and that
+layer carries most of the network's multiplications (its output has ``3K + 1`` channels per
+update). There the convolution is one gather of the input at the kernel's stencil of each
+wanted site (:func:`stencil_table`) and one matrix product.
 """
 
 from __future__ import annotations
@@ -158,6 +164,53 @@ def gather_pad(x: torch.Tensor, index: torch.Tensor, pads: Sequence[int]) -> tor
         out = last.reshape(b, -1, c).index_select(1, index).view(b, *padded, c)
         return out.movedim(-1, 1)
     return circular_pad(x, pads)
+
+
+def stencil_table(shape: Sequence[int], kernel_size: Sequence[int],
+                  sites: torch.Tensor) -> torch.Tensor:
+    """Flat source site of every (wanted site, kernel offset) pair of a periodic convolution:
+    ``[S * K]`` int64 indices into ``[prod(L_a)]``, site-major (``S = len(sites)``, flat site
+    indices; ``K = prod(k_a)`` offsets in the row-major order of ``weight``'s kernel axes).
+    Entry ``s * K + j`` is the site ``(n_s + j - k // 2) mod L`` that offset ``j`` reads for the
+    output at ``n_s``."""
+    shape = [int(n) for n in shape]
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    coords = [torch.div(sites, st, rounding_mode="floor") % n for n, st in zip(shape, strides,
+                                                                               strict=True)]
+    offsets = torch.meshgrid(*[torch.arange(k) - k // 2 for k in kernel_size], indexing="ij")
+    index = sum(torch.remainder(c.view(-1, 1) + o.reshape(1, -1), n) * st
+                for c, o, n, st in zip(coords, offsets, shape, strides, strict=True))
+    return index.reshape(-1)
+
+
+def mix_rows(rows: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``rows: [B, S, N]`` times ``weight: [C_out, N]`` (transposed) plus ``bias: [C_out]`` ->
+    ``[B, S, C_out]``: one matrix product over all ``B * S`` rows."""
+    b, n_sites, n = rows.shape
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    return _MixRows.apply(rows.reshape(b * n_sites, n), weight, bias).view(b, n_sites, -1)
+
+
+class _MixRows(torch.autograd.Function):
+    """``rows @ weight.T + bias`` that saves the same tensors whether or not ``weight``
+    requires a gradient. ``torch.addmm`` saves ``rows`` only when ``weight`` needs a gradient;
+    the path gradient's inverse pass runs with the parameters frozen and activation
+    checkpointing (``train.recompute_layers``) recomputes it after they are thawed, and
+    refuses saved tensors that differ between the two passes."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        ctx.save_for_backward(rows, weight)
+        return torch.addmm(bias, rows, weight.t())
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        need_rows, need_weight, need_bias = ctx.needs_input_grad
+        return (g @ weight if need_rows else None, g.t() @ rows if need_weight else None,
+                g.sum(0) if need_bias else None)
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
@@ -324,6 +377,26 @@ class ConvNd(nn.Module):
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
         index = self.pad_index if self.lattice == tuple(x.shape[2:]) else None
         return periodic_conv(x, self.weight, self.bias, fold=self.fold, pad_index=index)
+
+    def site_index(self, shape: Sequence[int], sites: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward_at` needs to compute the output at ``sites`` (flat indices into
+        the lattice ``shape``): the :func:`stencil_table` of the kernel, ``[S * K]``."""
+        return stencil_table(shape, self.kernel_size, sites)
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The output at a few sites, site-major: ``x: [B, C_in, *L]`` -> ``[B, S, C_out]``,
+        equal to ``forward(x).flatten(2)[..., sites].transpose(1, 2)`` (``index``:
+        :meth:`site_index` of ``sites``).
+
+        One gather of the stencils ``[B, S, K * C_in]`` from the channels-last view of ``x``
+        and one matrix product with ``weight`` as ``[C_out, K * C_in]``; ``S / V`` of the full
+        convolution's multiplications."""
+        check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
+        b, c = x.shape[:2]
+        k = math.prod(self.kernel_size)
+        rows = x.reshape(b, c, -1).transpose(1, 2).index_select(1, index)  # [B, S * K, C_in]
+        w = self.weight.reshape(self.out_channels, c, k).transpose(1, 2)  # [C_out, K, C_in]
+        return mix_rows(rows.view(b, -1, k * c), w.reshape(self.out_channels, k * c), self.bias)
 
     def extra_repr(self) -> str:
         return (

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple
+from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple, mix_rows
 
 
 def tucker_ranks(rank: int | Sequence[int]) -> tuple[int, int]:
@@ -193,13 +193,27 @@ class CPConvNd(nn.Module):
             spatial = spatial.unsqueeze(-1) * kernel.view(shape)
         return torch.einsum("or,rc,r...->oc...", self.weight_out, self.weight_in, spatial)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: [B, C_in, *L] -> [B, C_out, *L]``."""
+    def _rank_space(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
         h = channel_mix(self.weight_in, x)  # [B, R, *L]
         for axis, kernel in enumerate(self.axis_kernels):
             h = depthwise_periodic_conv1d(h, kernel, axis)
-        return channel_mix(self.weight_out, h, self.bias)  # [B, C_out, *L]
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B, C_in, *L] -> [B, C_out, *L]``."""
+        return channel_mix(self.weight_out, self._rank_space(x), self.bias)  # [B, C_out, *L]
+
+    def site_index(self, shape: Sequence[int], sites: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward_at` needs: the flat ``sites`` themselves."""
+        return sites.clone()
+
+    def forward_at(self, x: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+        """The output at ``sites`` only, site-major ``[B, S, C_out]`` (the last 1x1 mixing,
+        the largest factor when ``C_out >> R``, runs at those sites only)."""
+        h = self._rank_space(x)
+        hs = h.reshape(h.shape[0], self.rank, -1).transpose(1, 2).index_select(1, sites)
+        return mix_rows(hs, self.weight_out, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -267,6 +281,17 @@ class TuckerConvNd(nn.Module):
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
         h = self.core(channel_mix(self.weight_in, x))  # [B, R_out, *L]
         return channel_mix(self.weight_out, h, self.bias)
+
+    def site_index(self, shape: Sequence[int], sites: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward_at` needs: the :func:`stencil_table` of the core at ``sites``."""
+        return self.core.site_index(shape, sites)
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The output at the sites of ``index`` only, site-major ``[B, S, C_out]``: the core
+        and the last 1x1 mixing run there only."""
+        check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
+        h = self.core.forward_at(channel_mix(self.weight_in, x), index)  # [B, S, R_out]
+        return mix_rows(h, self.weight_out, self.bias)
 
     def extra_repr(self) -> str:
         return (

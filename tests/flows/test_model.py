@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hpcflow import build_model, load_config
+from hpcflow.app.config import mask_schedule
 from hpcflow.lattice.groups import gauge_transform, random_gauge
 from tests.helpers import perturb, su_basis
 
@@ -185,3 +186,51 @@ def test_float32_sun_flow_warns_and_float64_is_the_default():
         load_config(None, base + ["model.dtype=float32"])
     assert load_config(None, base).model.dtype == "float64"
     assert load_config(None, base + ["lattice.group=U1"]).model.dtype == "float32"
+
+
+@pytest.mark.parametrize("nd, extra", [(2, ("model.multi_update=2",)), (3, ()), (4, ()),
+                                       (2, ("lattice.group=SU2", "model.multi_update=2")),
+                                       (2, ("model.net.conv=tucker",))])
+def test_context_at_active_sites_equals_full_network(nd, extra):
+    """Each coupling layer runs its context network's last layer at the sites of its active
+    links only: the parameters every active link receives in update ``k`` equal the whole
+    network's output channels ``(k * D + d) * P`` to ``(k * D + d + 1) * P`` at the link's site
+    (``d``: its direction), for full, CP-factorized and Tucker networks, one or two updates."""
+    from hpcflow.lattice.loops import path_indices
+
+    cfg, model = make_flow(nd, *extra, scale=0.3)
+    schedule = mask_schedule(cfg)
+    links = model.link_transform.to_internal(model.prior(range(2), seed=3, stream=1))
+    lt = model.link_transform
+    for layer, masks in zip(model.layers, schedule.layers, strict=True):
+        assert layer.head_at and layer.n_sites < math.prod(layer.lattice)
+        flat = links.reshape(2, -1, *links.shape[2 + len(layer.lattice):])
+        extended = lt.algebra.extend(flat)
+        params = layer._context(extended)
+        volume = math.prod(layer.lattice)
+        # the whole network's output at every site
+        full = layer.net[-1](_body(layer, extended)).reshape(2, -1, lt.n_params, volume)
+        dirs = len(layer.directions)
+        for k in range(layer.n_updates):
+            got = params.index_select(1, getattr(layer, f"update_params_{k}"))
+            want = []
+            for a in masks.updates[k]:
+                site = path_indices(a.path, layer.lattice, a.sites)[0][:, 0] - a.mu * volume
+                want.append(full[:, k * dirs + layer.directions.index(a.mu), :, site]
+                            .transpose(1, 2))
+            torch.testing.assert_close(got, torch.cat(want, 1), rtol=0, atol=1e-12)
+            assert got.abs().max() > 1e-3
+
+
+def _body(layer, extended):
+    """The context network's input, through every layer but the last."""
+    lt = layer.link_transform
+    b, volume = extended.shape[0], math.prod(layer.lattice)
+    from hpcflow.lattice.loops import table_product
+
+    w = table_product(extended, layer.feature_table, lt.algebra)
+    f = lt.loop_features(w.view(b, len(layer.feature_paths), volume, *w.shape[2:]))
+    h = f.transpose(1, 2).masked_fill(layer.feature_off, 0.0).reshape(b, -1, *layer.lattice)
+    for module in list(layer.net)[:-1]:
+        h = module(h)
+    return h

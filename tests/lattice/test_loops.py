@@ -265,3 +265,25 @@ def test_plaquette_counts_per_dimension():
     assert [len(loops_of_shape("plaquette", nd)) for nd in (2, 3, 4)] == [1, 3, 6]
     with pytest.raises(ValueError, match="loop shape"):
         loops_of_shape("hexagon", 3)
+
+
+@pytest.mark.parametrize("name", GROUPS)
+def test_table_product_gradient_equals_walker(name):
+    """The gradient of the one-gather product (steps unbound from a step-major gather, whose
+    backward stacks them once) equals the walker's, for matrices and angles."""
+    shape = SHAPES[3]
+    gen = torch.Generator().manual_seed(13)
+    group, links = random_links(name, shape, batch=2, generator=gen)
+    paths = [loop.path for sh in LOOP_SHAPES for loop in loops_of_shape(sh, 3)]
+    table = path_table(paths, shape)
+    for algebra, x in ((group, links), (Angles(), torch.rand((2, 3, *shape), generator=gen,
+                                                             dtype=torch.float64) * 6.3)):
+        x = x.clone().requires_grad_(True)
+        flat = x.reshape(2, -1, *x.shape[2 + len(shape):])
+        got = table_product(algebra.extend(flat), table, algebra)
+        want = torch.cat([path_product(x, p, algebra).flatten(1, len(shape))
+                          for p in paths], dim=1)
+        weight = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+        g1, = torch.autograd.grad((got.real * weight).sum(), x)
+        g2, = torch.autograd.grad((want.real * weight).sum(), x)
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-11)

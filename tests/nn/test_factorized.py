@@ -1,6 +1,7 @@
 """CP / Tucker factorized periodic convolutions."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -107,3 +108,39 @@ def test_invalid_rank_raises(cls, rank):
     """A rank that is not a positive integer is refused with a message naming rank."""
     with pytest.raises(ValueError, match="rank"):
         cls(4, 2, 2, 3, rank=rank)
+
+
+@pytest.mark.parametrize("kind", ["full", "full-folded", "cp", "tucker"])
+@pytest.mark.parametrize("nd", [2, 3, 4])
+def test_output_at_sites_equals_full_output(kind, nd):
+    """``forward_at`` (the coupling layers read their context network's last layer at the
+    active links' sites only) equals the full output at those sites, site-major, in values and
+    in the gradients of the input and of every parameter; any set of sites, any order, an
+    asymmetric kernel."""
+    from hpcflow.nn.conv import ConvNd
+
+    lattice = (4, 3, 5, 4)[:nd]
+    kernel = (3, 1, 5, 3)[:nd]
+    torch.manual_seed(nd)
+    if kind == "cp":
+        layer = CPConvNd(nd, 3, 5, kernel, rank=4, dtype=torch.float64)
+    elif kind == "tucker":
+        layer = TuckerConvNd(nd, 3, 5, kernel, rank=(4, 2), dtype=torch.float64)
+    else:
+        layer = ConvNd(nd, 3, 5, kernel, fold=kind == "full-folded", dtype=torch.float64,
+                       lattice=lattice)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p))
+    volume = math.prod(lattice)
+    sites = torch.randperm(volume)[: volume // 3 + 1]
+    x = torch.randn(2, 3, *lattice, dtype=torch.float64, requires_grad=True)
+    full = layer(x).reshape(2, 5, volume)[:, :, sites].transpose(1, 2)
+    at = layer.forward_at(x, layer.site_index(lattice, sites))
+    assert at.shape == (2, len(sites), 5)
+    torch.testing.assert_close(at, full, rtol=0, atol=1e-12)
+    w = torch.randn_like(at)
+    inputs = (x, *layer.parameters())
+    for u, v in zip(torch.autograd.grad((at * w).sum(), inputs),
+                    torch.autograd.grad((full * w).sum(), inputs), strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-11)
