@@ -15,7 +15,6 @@ active loop. Frozen loops contain no active link, so the context is computed onc
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +92,7 @@ class GaugeCoupling(nn.Module):
             torch.zeros(0, dtype=torch.long)
         self.n_sites = len(wanted)
         head = net[-1] if isinstance(net, nn.Sequential) and len(net) else None
-        self.head_at = hasattr(head, "forward_at")
+        self.head_at = hasattr(head, "forward_at") and len(wanted) > 0
         self._buffer("head_index", head.site_index(lattice, wanted) if self.head_at else wanted)
         position = torch.full((volume,), -1, dtype=torch.long)
         position[wanted] = torch.arange(len(wanted))
@@ -143,18 +142,9 @@ class GaugeCoupling(nn.Module):
         loops run on one thread (``cpp.threads = 1``; library calls such as convolutions keep
         torch's threads): with torch 2.13 a multi-threaded generated backward kernel of these
         layers crashed (segmentation fault) with 2 threads on a CPU."""
-        compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
-                                 options={"cpp.threads": 1, **options})
-
-        def run(x, *, inverse: bool):
-            # The SU(N) maps read constant tables from ``functools.lru_cache``d pure functions
-            # of (dtype, device, mode); dynamo traces through them, which is exact here, and
-            # would warn once per function at the first (tracing) call.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*functools.lru_cache")
-                return compiled(x, inverse=inverse)
-
-        self._compiled = run
+        _trace_cached_tables_quietly()
+        self._compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
+                                       options={"cpp.threads": 1, **options})
 
     def _run(self, x, *, inverse: bool):
         lt = self.link_transform
@@ -179,6 +169,25 @@ class GaugeCoupling(nn.Module):
         if logdet is None:
             logdet = x.new_zeros(shape[0], dtype=params.dtype)
         return flat.reshape(shape), logdet
+
+
+def _trace_cached_tables_quietly() -> None:
+    """The SU(N) maps read constant tables from ``functools.lru_cache``d pure functions of
+    (dtype, device, mode); dynamo traces through them, which is exact here, but warns once per
+    function ("silent incorrectness is a potential risk"). Register them as safe to trace
+    (torch's own allow-list, used for einops; nothing happens where torch lacks it)."""
+    from torch._dynamo import utils
+
+    allow = getattr(utils, "allow_lru_cache_wrapper_trace_without_warning", None)
+    if allow is None:
+        return
+    from ..lattice import eigen
+    from . import spectral
+
+    for module in (eigen, spectral):
+        for obj in vars(module).values():
+            if callable(obj) and hasattr(obj, "cache_info"):
+                allow(obj)
 
 
 def _lattice_shape(plan: CouplingPlan) -> tuple[int, ...]:

@@ -202,7 +202,9 @@ def path_table(paths, shape, sites=None) -> torch.Tensor:
     in flat order); entry ``s`` of a row indexes the extended links
     ``[U, U^dagger, 1]`` of :meth:`Algebra.extend` (``[B, 2 Nd V + 1, *E]``): a forward step
     reads ``mu V + flat(y)``, a backward step the same plus ``Nd V``, and rows shorter than the
-    longest path are padded with the unit element ``2 Nd V``. Returns int64 ``[rows, len]``.
+    longest path are padded with the unit element ``2 Nd V``. Returns int64 ``[rows, len]``,
+    stored step-major (the transpose is contiguous: :func:`table_product` reads it without a
+    copy).
     """
     shape = tuple(shape)
     n_links = len(shape) * math.prod(shape)
@@ -214,7 +216,7 @@ def path_table(paths, shape, sites=None) -> torch.Tensor:
         row = index + n_links * backward.long()
         pad = torch.full((row.shape[0], width - row.shape[1]), 2 * n_links, dtype=torch.long)
         rows.append(torch.cat([row, pad], dim=1))
-    return torch.cat(rows)
+    return torch.cat(rows).t().contiguous().t()
 
 
 def table_product(extended: torch.Tensor, table: torch.Tensor, algebra: Algebra) -> torch.Tensor:

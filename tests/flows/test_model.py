@@ -188,9 +188,15 @@ def test_float32_sun_flow_warns_and_float64_is_the_default():
     assert load_config(None, base + ["lattice.group=U1"]).model.dtype == "float32"
 
 
+# two active directions per layer: parameter rows of both directions and both updates
+TWO_DIRECTIONS = ("model.masks=[{directions: [0, 1], steps: [1, 1, 1], width: 4}, "
+                  "{directions: [2], steps: [1, 1, 1], width: 4}]")
+
+
 @pytest.mark.parametrize("nd, extra", [(2, ("model.multi_update=2",)), (3, ()), (4, ()),
                                        (2, ("lattice.group=SU2", "model.multi_update=2")),
-                                       (2, ("model.net.conv=tucker",))])
+                                       (2, ("model.net.conv=tucker",)),
+                                       (3, (TWO_DIRECTIONS, "model.multi_update=2"))])
 def test_context_at_active_sites_equals_full_network(nd, extra):
     """Each coupling layer runs its context network's last layer at the sites of its active
     links only: the parameters every active link receives in update ``k`` equal the whole
@@ -202,6 +208,8 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
     schedule = mask_schedule(cfg)
     links = model.link_transform.to_internal(model.prior(range(2), seed=3, stream=1))
     lt = model.link_transform
+    assert max(len(layer.directions) for layer in model.layers) == (2 if extra[:1] == (
+        TWO_DIRECTIONS,) else 1)
     for layer, masks in zip(model.layers, schedule.layers, strict=True):
         assert layer.head_at and layer.n_sites < math.prod(layer.lattice)
         flat = links.reshape(2, -1, *links.shape[2 + len(layer.lattice):])
