@@ -813,9 +813,11 @@ class HorovodComm(Communicator):
     def abort(self, code: int = 1) -> None:
         try:
             from mpi4py import MPI
+
+            world = MPI.COMM_WORLD
         except ImportError:
-            MPI = None  # noqa: N806 - the module's name
-        _abort_world(MPI.COMM_WORLD if MPI is not None else None, code)
+            world = None
+        _abort_world(world, code)
 
     def close(self) -> None:
         self._hvd.shutdown()

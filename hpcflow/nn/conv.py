@@ -25,9 +25,9 @@ can be forced for Nd = 2, 3 (``fold=True``) to check it against the native convo
 
 Output at a few sites only (``ConvNd.forward_at``): a coupling layer reads its context network's
 last layer at the sites of its active links only (a quarter or half of the lattice), and that
-layer carries most of the network's multiplications (its output has ``3K + 1`` channels per
-update). There the convolution is one gather of the input at the kernel's stencil of each
-wanted site (:func:`stencil_table`) and one matrix product.
+layer carries most of the network's multiplications (its output has ``n_params`` channels
+per update and direction). There the convolution is one gather of the input at the kernel's
+stencil of each wanted site (:func:`stencil_table`) and one matrix product (:func:`mix_rows`).
 """
 
 from __future__ import annotations
@@ -183,69 +183,61 @@ def stencil_table(shape: Sequence[int], kernel_size: Sequence[int],
     return index.reshape(-1)
 
 
-def mix_rows(rows: torch.Tensor, weight: torch.Tensor,
-             bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``rows: [B, S, N]`` times ``weight: [C_out, N]`` (transposed) plus ``bias: [C_out]`` ->
-    ``[B, S, C_out]``: one matrix product over all ``B * S`` rows."""
-    b, n_sites, n = rows.shape
+def mix_rows(x_cl: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             index: torch.Tensor | None = None, k: int = 1) -> torch.Tensor:
+    """``weight: [C_out, K * C]`` applied to rows of ``x_cl: [B, V, C]`` (any strides), plus
+    ``bias: [C_out]`` -> ``[B, S, C_out]``: one matrix product over all ``B * S`` rows.
+
+    ``index: [S * K]`` (:func:`stencil_table`, or flat sites with ``k = 1``) gathers row
+    ``s`` as ``x_cl[b, index[s * K : (s + 1) * K], :]`` flattened; ``None`` takes the rows as
+    they are (``S = V``, ``K = 1``)."""
+    b, v, c = x_cl.shape
+    n_sites = v if index is None else index.numel() // k
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
-    out = _MixRows.apply(rows.reshape(b * n_sites, n), weight, bias)
+    out = _RowProduct.apply(x_cl, index, weight, bias, k)
     return out.view(b, n_sites, weight.shape[0])
 
 
-class _MixRows(torch.autograd.Function):
-    """``rows @ weight.T + bias`` that saves the same tensors whether or not ``weight``
-    requires a gradient. ``torch.addmm`` saves ``rows`` only when ``weight`` needs a gradient;
-    the path gradient's inverse pass runs with the parameters frozen and activation
-    checkpointing (``train.recompute_layers``) recomputes it after they are thawed, and
-    refuses saved tensors that differ between the two passes."""
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-        ctx.save_for_backward(rows, weight)
-        return torch.addmm(bias, rows, weight.t())
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        rows, weight = ctx.saved_tensors
-        need_rows, need_weight, need_bias = ctx.needs_input_grad
-        return (g @ weight if need_rows else None, g.t() @ rows if need_weight else None,
-                g.sum(0) if need_bias else None)
-
-
-class _StencilProduct(torch.autograd.Function):
-    """``out[b * S + s] = bias + weight2d @ x_cl[b, index[s * K : (s + 1) * K], :].flatten()``:
-    ``x_cl: [B, V, C]`` (any strides), ``index: [S * K]`` (:func:`stencil_table`),
-    ``weight2d: [C_out, K * C]`` -> ``[B * S, C_out]``.
+class _RowProduct(torch.autograd.Function):
+    """The product of :func:`mix_rows`, ``[B * S, C_out]``.
 
     Saves ``x_cl`` (a view of an input the network keeps anyway), not the gathered rows
     ``[B, S, K * C]`` (``K * S / V`` times larger: 13x for 3D kernels at half the sites), and
     gathers them again in the backward when the weight needs a gradient. Saves the same tensors
-    whether or not the parameters are frozen (activation checkpointing compares them)."""
+    whether or not the parameters are frozen: ``torch.addmm`` saves its input only when the
+    weight needs a gradient, and activation checkpointing of the path gradient's inverse pass
+    (run frozen, recomputed thawed: ``train.recompute_layers``) refuses saved tensors that
+    differ between the two passes."""
 
     @staticmethod
-    def forward(ctx, x_cl: torch.Tensor, index: torch.Tensor, weight2d: torch.Tensor,
+    def forward(ctx, x_cl: torch.Tensor, index: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor, k: int) -> torch.Tensor:
-        b, _, c = x_cl.shape
-        rows = x_cl.index_select(1, index).reshape(b * (index.numel() // k), k * c)
-        ctx.save_for_backward(x_cl, index, weight2d)
+        ctx.save_for_backward(x_cl, index, weight)
         ctx.k = k
-        return torch.addmm(bias, rows, weight2d.t())
+        return torch.addmm(bias, _rows(x_cl, index, k), weight.t())
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x_cl, index, weight2d = ctx.saved_tensors
+        x_cl, index, weight = ctx.saved_tensors
         b, v, c = x_cl.shape
         need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
         g_x = g_weight = None
         if need_weight:
-            rows = x_cl.index_select(1, index).reshape(g.shape[0], ctx.k * c)
-            g_weight = g.t() @ rows
+            g_weight = g.t() @ _rows(x_cl, index, ctx.k)
         if need_x:
-            g_rows = (g @ weight2d).view(b, index.numel(), c)
-            g_x = x_cl.new_zeros(b, v, c).index_add(1, index, g_rows)  # out of place: vmap
+            g_rows = g @ weight
+            g_x = (g_rows.view(b, v, c) if index is None else  # out of place: vmap
+                   x_cl.new_zeros(b, v, c).index_add(1, index, g_rows.view(b, -1, c)))
         return g_x, None, g_weight, g.sum(0) if need_bias else None, None
+
+
+def _rows(x_cl: torch.Tensor, index: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The rows of :func:`mix_rows` as one matrix ``[B * S, K * C]``."""
+    b, v, c = x_cl.shape
+    if index is None:
+        return x_cl.reshape(b * v, c)
+    return x_cl.index_select(1, index).reshape(b * (index.numel() // k), k * c)
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
@@ -426,15 +418,13 @@ class ConvNd(nn.Module):
         One gather of the stencils ``[B, S, K * C_in]`` from the channels-last view of ``x``
         and one matrix product with ``weight`` as ``[C_out, K * C_in]``; ``S / V`` of the full
         convolution's multiplications. The backward gathers again instead of keeping the
-        stencils (:class:`_StencilProduct`)."""
+        stencils (:func:`mix_rows`)."""
         check_input(x, self.in_channels, self.kernel_size, type(self).__name__)
         b, c = x.shape[:2]
         k = math.prod(self.kernel_size)
         w = self.weight.reshape(self.out_channels, c, k).transpose(1, 2)  # [C_out, K, C_in]
-        bias = self.bias if self.bias is not None else w.new_zeros(self.out_channels)
-        out = _StencilProduct.apply(x.reshape(b, c, -1).transpose(1, 2), index,
-                                    w.reshape(self.out_channels, k * c), bias, k)
-        return out.view(b, index.numel() // k, self.out_channels)
+        return mix_rows(x.reshape(b, c, -1).transpose(1, 2), w.reshape(self.out_channels, k * c),
+                        self.bias, index, k)
 
     def extra_repr(self) -> str:
         return (

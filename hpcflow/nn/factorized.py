@@ -212,8 +212,8 @@ class CPConvNd(nn.Module):
         """The output at ``sites`` only, site-major ``[B, S, C_out]`` (the last 1x1 mixing,
         the largest factor when ``C_out >> R``, runs at those sites only)."""
         h = self._rank_space(x)
-        hs = h.reshape(h.shape[0], self.rank, -1).transpose(1, 2).index_select(1, sites)
-        return mix_rows(hs, self.weight_out, self.bias)
+        return mix_rows(h.reshape(h.shape[0], self.rank, -1).transpose(1, 2), self.weight_out,
+                        self.bias, sites)
 
     def extra_repr(self) -> str:
         return (

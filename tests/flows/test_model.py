@@ -202,6 +202,8 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
     links only: the parameters every active link receives in update ``k`` equal the whole
     network's output channels ``(k * D + d) * P`` to ``(k * D + d + 1) * P`` at the link's site
     (``d``: its direction), for full, CP-factorized and Tucker networks, one or two updates."""
+    from hpcflow.flows.coupling import GaugeCoupling
+    from hpcflow.flows.model import plan_from_layer
     from hpcflow.lattice.loops import path_indices
 
     cfg, model = make_flow(nd, *extra, scale=0.3)
@@ -218,6 +220,11 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
         volume = math.prod(layer.lattice)
         # the whole network's output at every site
         full = layer.net[-1](_body(layer, extended)).reshape(2, -1, lt.n_params, volume)
+        # a network whose last module cannot run at a few sites: whole output, then the sites
+        other = GaugeCoupling(plan_from_layer(masks), lt, torch.nn.Sequential(*layer.net,
+                                                                              torch.nn.Identity()))
+        assert not other.head_at
+        torch.testing.assert_close(other._context(extended), params, rtol=0, atol=1e-12)
         dirs = len(layer.directions)
         for k in range(layer.n_updates):
             got = params.index_select(1, getattr(layer, f"update_params_{k}"))
