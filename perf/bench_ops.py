@@ -103,7 +103,12 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
                                        for _ in range(batch)]))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
 
-    def loss_of(z):
+    keeping = getattr(model, "forward_keeping_contexts", None)  # absent in older codes
+
+    def loss_of(z):  # as hpcflow.app.propose.propose builds the training objective
+        if path and keeping is not None:
+            u, _, contexts = keeping(z)
+            return (path_log_prob(model, u, contexts) + action(u)).mean()
         u, logdet = model(z)
         if path:
             return (path_log_prob(model, u) + action(u)).mean()

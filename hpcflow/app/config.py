@@ -192,7 +192,7 @@ class TrainConfig:
     """Gradient estimator of the reverse KL. ``reparameterized``: backward through
     ``log q + S`` of the forward pass. ``path``: drop the score term, whose mean is zero but
     whose noise does not vanish as ``q -> p`` (Roeder et al. 2017, arXiv:1703.09194; for lattice
-    flows Vaitl et al. 2022, arXiv:2206.09016): ``log q`` is re-evaluated at ``U = f(z)`` by the
+    flows Vaitl et al. 2022, arXiv:2207.08219): ``log q`` is re-evaluated at ``U = f(z)`` by the
     inverse pass with frozen parameters; about twice the cost of a step."""
     amsgrad: bool = True
     """Adam with amsgrad (talk: long runs can go unstable with plain Adam)."""

@@ -78,19 +78,22 @@ class StartEnsemble:
         return torch.from_numpy(np.asarray(u)).to(device=device, dtype=dtype)
 
 
-def path_log_prob(model: GaugeFlow, links: torch.Tensor) -> torch.Tensor:
+def path_log_prob(model: GaugeFlow, links: torch.Tensor, contexts: list | None = None
+                  ) -> torch.Tensor:
     """``log q(U)`` by the inverse pass with the parameters held fixed: ``[B]``.
 
     Differentiating ``log q_theta'(f_theta(z)) + S(f_theta(z))`` at ``theta' = theta`` gives the
-    path gradient of the reverse KL (Vaitl et al. 2022, arXiv:2206.09016): gradients reach the
+    path gradient of the reverse KL (Vaitl et al. 2022, arXiv:2207.08219): gradients reach the
     parameters only through the sample ``U = f_theta(z)``, not through the score
-    ``d log q_theta / d theta`` at fixed ``U``, whose mean is zero.
+    ``d log q_theta / d theta`` at fixed ``U``, whose mean is zero. ``contexts``: from
+    :meth:`GaugeFlow.forward_keeping_contexts` when ``links`` is its output (the inverse pass
+    then takes the context networks' values and backward from the forward pass).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        return model.inverse(links)[1]
+        return model.inverse(links, contexts)[1]
     finally:
         for p in params:
             p.requires_grad_(True)
@@ -112,11 +115,15 @@ def propose(model: GaugeFlow | StochasticFlow, action: GaugeAction, indices, *, 
     if isinstance(model, GaugeFlow):
         z = model.prior(indices, seed=seed, stream=stream, step=step)
         with torch.set_grad_enabled(train):
-            u, logdet = model(z)
+            contexts = None
+            if train and path:
+                u, logdet, contexts = model.forward_keeping_contexts(z)
+            else:
+                u, logdet = model(z)
             log_q, s = -logdet, action(u)
             objective = inverse_error = None
             if train:
-                objective = (path_log_prob(model, u) if path else log_q) + s
+                objective = (path_log_prob(model, u, contexts) if path else log_q) + s
                 if path:
                     inverse_error = (objective - s - log_q).detach()
                 if backward_scale is not None:

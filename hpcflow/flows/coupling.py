@@ -125,12 +125,25 @@ class GaugeCoupling(nn.Module):
                 1, self.head_index)
         return out.reshape(b, -1, lt.n_params)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x -> (x', log|det J|)``; ``log|det J|: [B]``."""
+    def forward(self, x: torch.Tensor, keep: list | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x -> (x', log|det J|)``; ``log|det J|: [B]``. ``keep`` (a list, eager layers
+        only): append the layer's context ``(extended links, parameters)``, with its autograd
+        graph, for an inverse pass at the output (:meth:`inverse`'s ``context``)."""
+        if keep is not None:
+            return self._run(x, inverse=False, keep=keep)
         return (self._compiled or self._run)(x, inverse=False)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x' -> (x, log|det J^-1|)``: the updates in reverse order, each inverted."""
+    def inverse(self, x: torch.Tensor, context: tuple | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x' -> (x, log|det J^-1|)``: the updates in reverse order, each inverted.
+
+        ``context``: what :meth:`forward` kept at the preimage of ``x'`` (path gradients: the
+        inverse pass at the forward pass's own output). The frozen links are the same on both
+        sides, so the context network need not run again: its values are taken over and its
+        backward is that of the forward pass's graph (:class:`_ReusedContext`)."""
+        if context is not None:
+            return self._run(x, inverse=True, context=context)
         return (self._compiled or self._run)(x, inverse=True)
 
     _compiled = None
@@ -146,12 +159,21 @@ class GaugeCoupling(nn.Module):
         self._compiled = torch.compile(self._run, fullgraph=True, dynamic=False,
                                        options={"cpp.threads": 1, **options})
 
-    def _run(self, x, *, inverse: bool):
+    def _run(self, x, *, inverse: bool, keep: list | None = None, context: tuple | None = None):
         lt = self.link_transform
         shape = x.shape
         flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
         extended = lt.algebra.extend(flat)
-        params = self._context(extended)
+        if context is not None:
+            params = _ReusedContext.apply(extended, context)
+        elif keep is not None:
+            # the first layer's input (the prior) carries no graph; the inverse pass needs the
+            # context's derivative there too
+            source = extended if extended.requires_grad else extended.detach().requires_grad_()
+            params = self._context(source)
+            keep.append((source, params))
+        else:
+            params = self._context(extended)
         logdet = None
         order = range(self.n_updates - 1, -1, -1) if inverse else range(self.n_updates)
         for n, k in enumerate(order):
@@ -169,6 +191,35 @@ class GaugeCoupling(nn.Module):
         if logdet is None:
             logdet = x.new_zeros(shape[0], dtype=params.dtype)
         return flat.reshape(shape), logdet
+
+
+class _ReusedContext(torch.autograd.Function):
+    """The context parameters of a coupling layer taken over from the forward pass, for the
+    inverse pass of path gradients at the forward pass's output.
+
+    A layer leaves its frozen links unchanged, so the inverse pass at ``x' = f(x)`` reads the
+    same frozen loops as the forward pass at ``x``, and its context network would compute the
+    same parameters (to rounding: the inverse pass's links are the forward's recomputed).
+    ``forward(extended, (extended_fwd, params_fwd))`` returns ``params_fwd``'s values; the
+    backward is the vector-Jacobian product of the forward pass's context graph,
+    ``d params_fwd / d extended_fwd`` (input gradient only: no weight gradient is formed). It
+    runs inside the training backward before that graph is freed: the forward's context feeds
+    the sample, and the inverse pass's graph hangs off the sample. This skips the frozen
+    loops, the loop features and the whole network's forward in the inverse pass (path
+    gradients, arXiv:2207.08219; the idea of reusing the forward pass's work is that of the
+    fast path gradients of Vaitl et al., ICLR 2024, arXiv:2403.15881).
+    """
+
+    @staticmethod
+    def forward(ctx, extended, source):
+        ctx.source = source  # not saved tensors: a graph of the forward pass, used as such
+        return source[1].detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        extended_fwd, params_fwd = ctx.source
+        (g,) = torch.autograd.grad(params_fwd, extended_fwd, grad, retain_graph=True)
+        return g, None
 
 
 def _trace_cached_tables_quietly() -> None:

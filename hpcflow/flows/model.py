@@ -59,9 +59,29 @@ class GaugeFlow(nn.Module):
         """Prior links ``z -> (U, log|det J|)``, ``log|det J|: [B]``."""
         return self._through(z, list(self.layers))
 
-    def inverse(self, links: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``U -> (z, log|det J^-1|)``."""
-        return self._through(links, [layer.inverse for layer in reversed(self.layers)])
+    def inverse(self, links: torch.Tensor, contexts: list | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``U -> (z, log|det J^-1|)``. ``contexts``: from :meth:`forward_keeping_contexts`
+        when ``links`` is that pass's output (the context networks do not run again)."""
+        if contexts is None:
+            return self._through(links, [layer.inverse for layer in reversed(self.layers)])
+        maps = [lambda x, f=layer.inverse, c=c: f(x, context=c)
+                for layer, c in zip(reversed(self.layers), reversed(contexts), strict=True)]
+        return self._through(links, maps)
+
+    def forward_keeping_contexts(self, z: torch.Tensor):
+        """:meth:`forward` that also returns each layer's context with its autograd graph
+        (``[(extended links, parameters)]`` per layer), for the inverse pass of path gradients
+        at the output (:meth:`inverse`). ``None`` instead when the layers are compiled or
+        recomputed (``recompute``): their intermediates are not kept; the inverse pass then
+        runs the context networks itself. Returns ``(U, log|det J|, contexts)``."""
+        if (self.recompute and torch.is_grad_enabled()) or not torch.is_grad_enabled() or any(
+                layer._compiled is not None for layer in self.layers):
+            return (*self(z), None)
+        contexts: list = []
+        u, logdet = self._through(z, [lambda x, f=layer: f(x, keep=contexts)
+                                      for layer in self.layers])
+        return u, logdet, contexts
 
     def _through(self, links: torch.Tensor, maps) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply layer maps ``x -> (x', log|det|)`` in order to public links; sum the log-dets.

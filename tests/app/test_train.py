@@ -302,7 +302,9 @@ def test_path_gradient_is_reparameterized_minus_score(group):
 
 def test_path_gradient_training_learns_and_recomputes_identically(tmp_path):
     """Path-gradient training lowers the loss, differs from the default estimator, and
-    activation checkpointing (forward and inverse passes) leaves its numbers unchanged."""
+    activation checkpointing (forward and inverse passes) leaves its numbers unchanged to
+    rounding (without it, the inverse pass takes the context networks' values from the
+    forward pass; with it, nothing is kept and the networks run again)."""
     _, result = train(tmp_path / "p", "train.gradient=path")
     m = metrics_without_time(tmp_path / "p")
     assert result.step == 12 and m[-1]["loss"] < m[0]["loss"]
@@ -312,8 +314,16 @@ def test_path_gradient_training_learns_and_recomputes_identically(tmp_path):
     assert m[0]["loss"] == r[0]["loss"] and m[0]["grad_norm"] != r[0]["grad_norm"]
     assert [x["loss"] for x in m[1:]] != [x["loss"] for x in r[1:]]
     train(tmp_path / "pr", "train.gradient=path", "train.recompute_layers=true")
-    assert metrics_without_time(tmp_path / "pr") == m
-    assert same_state(final_params(tmp_path / "p"), final_params(tmp_path / "pr"))
+    pr = metrics_without_time(tmp_path / "pr")
+    assert len(pr) == len(m) and pr[0] == m[0]  # the first loss is the same forward pass
+    for a, b in zip(pr, m, strict=True):
+        assert a == {k: pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v
+                     for k, v in b.items()}
+    a, b = final_params(tmp_path / "p"), final_params(tmp_path / "pr")
+    # not bitwise equal: training without recompute takes the reused contexts
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12)
     # the inverse pass reproduced the forward log q at every step
     errors = [r["inverse_error"] for r in read_metrics(tmp_path / "p" / "metrics.jsonl")]
     assert len(errors) == len(m) and max(errors) < 1e-3
@@ -325,8 +335,8 @@ def _broken_inverse_trainer(run_dir, *extra):
     trainer = Trainer(cfg, run_ctx(run_dir))
     inverse = trainer.model.inverse
 
-    def broken(links):
-        x, log_q = inverse(links)
+    def broken(links, contexts=None):
+        x, log_q = inverse(links, contexts)
         return x, log_q + 5.0
 
     trainer.model.inverse = broken
