@@ -193,7 +193,9 @@ class TrainConfig:
     ``log q + S`` of the forward pass. ``path``: drop the score term, whose mean is zero but
     whose noise does not vanish as ``q -> p`` (Roeder et al. 2017, arXiv:1703.09194; for lattice
     flows Vaitl et al. 2022, arXiv:2207.08219): ``log q`` is re-evaluated at ``U = f(z)`` by the
-    inverse pass with frozen parameters; about twice the cost of a step."""
+    inverse pass with frozen parameters, which takes each layer's context network (values and
+    backward) from the forward pass unless the layers are compiled or recomputed: ~1.5x the
+    cost of a reparameterized step (2x with compiled or recomputed layers)."""
     amsgrad: bool = True
     """Adam with amsgrad (talk: long runs can go unstable with plain Adam)."""
     weight_decay: float = 0.0

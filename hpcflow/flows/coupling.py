@@ -168,7 +168,8 @@ class GaugeCoupling(nn.Module):
             params = _ReusedContext.apply(extended, context)
         elif keep is not None:
             # the first layer's input (the prior) carries no graph; the inverse pass needs the
-            # context's derivative there too
+            # context's derivative there too (the training backward then also forms this
+            # leaf's gradient: one layer's input gradient, unused)
             source = extended if extended.requires_grad else extended.detach().requires_grad_()
             params = self._context(source)
             keep.append((source, params))

@@ -75,7 +75,7 @@ class GaugeFlow(nn.Module):
         at the output (:meth:`inverse`). ``None`` instead when the layers are compiled or
         recomputed (``recompute``): their intermediates are not kept; the inverse pass then
         runs the context networks itself. Returns ``(U, log|det J|, contexts)``."""
-        if (self.recompute and torch.is_grad_enabled()) or not torch.is_grad_enabled() or any(
+        if self.recompute or not torch.is_grad_enabled() or any(
                 layer._compiled is not None for layer in self.layers):
             return (*self(z), None)
         contexts: list = []
