@@ -215,13 +215,14 @@ class _RowProduct(torch.autograd.Function):
                 bias: torch.Tensor, k: int) -> torch.Tensor:
         ctx.save_for_backward(x_cl, index, weight)
         ctx.k = k
+        ctx.tensor_inputs = tuple(isinstance(a, torch.Tensor) for a in (x_cl, index, weight, bias))
         return torch.addmm(bias, _rows(x_cl, index, k), weight.t())
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x_cl, index, weight = ctx.saved_tensors
         b, v, c = x_cl.shape
-        need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        need_x, need_weight, need_bias = (_asked(ctx, i) for i in (0, 2, 3))
         g_x = g_weight = None
         if need_weight:
             g_weight = g.t() @ _rows(x_cl, index, ctx.k)
@@ -230,6 +231,31 @@ class _RowProduct(torch.autograd.Function):
             g_x = (g_rows.view(b, v, c) if index is None else  # out of place: vmap
                    x_cl.new_zeros(b, v, c).index_add(1, index, g_rows.view(b, -1, c)))
         return g_x, None, g_weight, g.sum(0) if need_bias else None, None
+
+
+def _asked(ctx, i: int) -> bool:
+    """Whether the backward pass now running uses the gradient of a custom function's input
+    ``i``. ``ctx.needs_input_grad`` says only whether the input requires a gradient; a pass that
+    asks for the gradient of some inputs only (``torch.autograd.grad(out, x)``: the path
+    gradient's reused contexts ask for the input links', not the weights') would otherwise
+    form and drop the others. torch's engine knows which nodes it will run (a private query,
+    the one ``torch.autograd.graph.register_multi_grad_hook`` uses); without it, or outside
+    the engine (or when compiled), every input that requires a gradient is taken as asked. The
+    function's forward records ``ctx.tensor_inputs`` (which of its arguments are tensors: the
+    node's edges)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    if torch.compiler.is_compiling():  # traced backward: no engine to ask (compiled path)
+        return True
+    # the node's edges are those of its tensor inputs only (``ctx.tensor_inputs``, forward)
+    node = ctx.next_functions[sum(ctx.tensor_inputs[:i])][0]
+    will_run = getattr(torch._C, "_will_engine_execute_node", None)
+    if node is None or will_run is None:
+        return True
+    try:
+        return bool(will_run(node))
+    except RuntimeError:
+        return True
 
 
 def _rows(x_cl: torch.Tensor, index: torch.Tensor | None, k: int) -> torch.Tensor:

@@ -167,3 +167,33 @@ def test_output_at_sites_keeps_no_stencil_copy_and_handles_no_site():
     assert out.shape == (8, 32, 5)
     empty = layer.forward_at(x, layer.site_index(lattice, torch.zeros(0, dtype=torch.long)))
     assert empty.shape == (8, 0, 5)
+
+
+@pytest.mark.parametrize("conv", ["full", "cp", "tucker"])
+def test_head_forms_no_weight_gradient_when_only_the_input_is_asked(conv, monkeypatch):
+    """A backward that asks for the input's gradient only (``torch.autograd.grad(out, x)``:
+    the path gradient's reused contexts) forms no weight gradient in the head's product: the
+    full convolution does not gather its stencils again (the weight gradient's only use of
+    them); the input gradient is the same as that of a full backward."""
+    from hpcflow.nn import conv as conv_module
+
+    torch.manual_seed(0)
+    layer = {"full": lambda: ConvNd(2, 4, 5, 3, dtype=torch.float64, lattice=(6, 6)),
+             "cp": lambda: CPConvNd(2, 4, 5, 3, rank=3, dtype=torch.float64),
+             "tucker": lambda: TuckerConvNd(2, 4, 5, 3, rank=(3, 2), dtype=torch.float64)}[conv]()
+    randomize_(layer)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    sites = torch.tensor([0, 5, 17, 35])
+    index = layer.site_index((6, 6), sites)
+    calls = []
+    rows = conv_module._rows
+    monkeypatch.setattr(conv_module, "_rows", lambda *a: calls.append(1) or rows(*a))
+    out = layer.forward_at(x, index)
+    g = torch.randn_like(out)
+    n_forward = len(calls)
+    (only_x,) = torch.autograd.grad(out, x, g, retain_graph=True)
+    assert len(calls) == n_forward  # nothing gathered for a weight gradient
+    out.backward(g)
+    assert all(p.grad is not None for p in layer.parameters())
+    assert len(calls) > n_forward  # a full backward forms the weight gradient
+    torch.testing.assert_close(only_x, x.grad, rtol=0, atol=1e-12)
