@@ -5,7 +5,8 @@ reparameterized reverse-KL loss), counted two ways: every `aten::` event `torch.
 records (nested calls included, as in the issue's figures) and the top-level calls a
 `TorchDispatchMode` sees (closer to kernel launches); then the median time of a batch-64
 training step (the loss of the configuration's `train.gradient`, backward, Adam step) in eager
-mode, and with `--compile` the same step with the coupling layers compiled
+mode, the peak of its live tensors (profiler memory events, beyond what was alive before the
+step), and with `--compile` the same step with the coupling layers compiled
 (`GaugeFlow.compile_layers`, config key `distributed.compile`); its profiler count is the
 ``aten::`` events left plus every generated kernel run (inductor's `cpp.enable_kernel_profile`).
 One thread throughout.
@@ -62,6 +63,28 @@ def _count_profiler(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return sum(1 for e in prof.events() if e.name.startswith("aten::") or "cpp_fused" in e.name)
+
+
+def _peak_tensor_mib(fn) -> float | None:
+    """The largest total size of live tensors during ``fn()`` beyond those alive before it,
+    MiB: allocations and frees in the order ``torch.profiler`` (``profile_memory``) records
+    them (kineto's event list, where every allocation is one event). Unlike the process's
+    peak resident memory, this does not depend on what the allocator keeps after a free.
+    ``None`` where the profiler does not expose the list."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        live = peak = 0
+        for e in events:
+            live += e.nbytes()
+            peak = max(peak, live)
+    except AttributeError:
+        return None
+    return peak / 2**20
 
 
 def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | None,
@@ -132,11 +155,12 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
     n_dispatch = None if compiled or not count else _count_dispatch(step1)
     n_profiler = _count_profiler(step1) if count else None
     t = time_it(step_b, torch.device("cpu"), repeats=repeats, warmup=2)
+    peak = _peak_tensor_mib(step_b) if count else None
     import hpcflow
     return {"config": config, "code_path": str(Path(hpcflow.__file__).parent),
             "gradient": cfg.train.gradient, "dtype": cfg.model.dtype,
             "ops_profiler": n_profiler, "ops_dispatch": n_dispatch,
-            "step_ms": t["median_ms"], "batch": batch, "log_q": log_q}
+            "step_ms": t["median_ms"], "peak_mib": peak, "batch": batch, "log_q": log_q}
 
 
 def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
@@ -220,7 +244,9 @@ def main() -> None:
                        ("ops_ratio", "fewer x (profiler)", ".2f"),
                        ("dispatch_ratio", "fewer x (dispatch)", ".2f"),
                        ("step_ms", f"step ms (batch {args.batch})", ".1f"),
-                       ("speedup", "speed-up x", ".2f"), ("max_dlogq", "max |d log q|", ".1e"),
+                       ("speedup", "speed-up x", ".2f"),
+                       ("peak_mib", "step's peak tensors MiB", ".1f"),
+                       ("max_dlogq", "max |d log q|", ".1e"),
                        ("max_dlogq_f64", "float64", ".1e")])
     print(f"wrote {write_json(args.out, {'machine': machine(), 'rows': rows})}")
 
