@@ -69,7 +69,9 @@ def _peak_tensor_mib(fn) -> float | None:
     """The largest total size of live tensors during ``fn()`` beyond those alive before it,
     MiB: allocations and frees in the order ``torch.profiler`` (``profile_memory``) records
     them (kineto's event list, where every allocation is one event). Unlike the process's
-    peak resident memory, this does not depend on what the allocator keeps after a free.
+    peak resident memory, this does not depend on what the allocator keeps after a free. Frees
+    of tensors allocated before ``fn`` are not recorded (no size is known), so where ``fn``
+    frees such tensors the figure is an upper bound.
     ``None`` where the profiler does not expose the list."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -155,7 +157,8 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
     n_dispatch = None if compiled or not count else _count_dispatch(step1)
     n_profiler = _count_profiler(step1) if count else None
     t = time_it(step_b, torch.device("cpu"), repeats=repeats, warmup=2)
-    peak = _peak_tensor_mib(step_b) if count else None
+    optimizer.zero_grad()  # old gradients freed before, not during, the profiled step
+    peak = _peak_tensor_mib(lambda: (loss_of(zb).backward(), optimizer.step())) if count else None
     import hpcflow
     return {"config": config, "code_path": str(Path(hpcflow.__file__).parent),
             "gradient": cfg.train.gradient, "dtype": cfg.model.dtype,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
-from ..flows.model import GaugeFlow
+from ..flows.model import GaugeFlow, KeptContexts
 from ..flows.prior import STREAM_SAMPLE, haar_prior
 from ..flows.stochastic import StochasticFlow
 from ..io.samples import open_samples
@@ -78,7 +78,7 @@ class StartEnsemble:
         return torch.from_numpy(np.asarray(u)).to(device=device, dtype=dtype)
 
 
-def path_log_prob(model: GaugeFlow, links: torch.Tensor, contexts: list | None = None
+def path_log_prob(model: GaugeFlow, links: torch.Tensor, contexts: KeptContexts | None = None
                   ) -> torch.Tensor:
     """``log q(U)`` by the inverse pass with the parameters held fixed: ``[B]``.
 

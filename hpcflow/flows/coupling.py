@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..lattice.loops import Path, path_indices, path_table, table_product
 from .transforms import LinkTransform
@@ -217,6 +218,7 @@ class _ReusedContext(torch.autograd.Function):
         return source[1].detach()
 
     @staticmethod
+    @once_differentiable  # the VJP is first order: a second derivative through it raises
     def backward(ctx, grad):
         extended_fwd, params_fwd = ctx.source
         (g,) = torch.autograd.grad(params_fwd, extended_fwd, grad, retain_graph=True)

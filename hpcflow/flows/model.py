@@ -8,6 +8,7 @@ inverse pass, so it accepts any configuration (an HMC one, say) and is gauge inv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +23,16 @@ from .prior import STREAM_SAMPLE, haar_prior
 from .spectral import SUNTransform
 from .transforms import LinkTransform, U1Transform
 
-__all__ = ["GaugeFlow", "build_flow", "make_link_transform", "plan_from_layer"]
+__all__ = ["GaugeFlow", "KeptContexts", "build_flow", "make_link_transform", "plan_from_layer"]
+
+
+@dataclass(frozen=True)
+class KeptContexts:
+    """What :meth:`GaugeFlow.forward_keeping_contexts` keeps: per layer ``(extended links,
+    parameters)`` with their autograd graph, and the pass's output links they belong to."""
+
+    layers: list
+    output: torch.Tensor
 
 
 class GaugeFlow(nn.Module):
@@ -59,14 +69,23 @@ class GaugeFlow(nn.Module):
         """Prior links ``z -> (U, log|det J|)``, ``log|det J|: [B]``."""
         return self._through(z, list(self.layers))
 
-    def inverse(self, links: torch.Tensor, contexts: list | None = None
+    def inverse(self, links: torch.Tensor, contexts: KeptContexts | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``U -> (z, log|det J^-1|)``. ``contexts``: from :meth:`forward_keeping_contexts`
-        when ``links`` is that pass's output (the context networks do not run again)."""
+        """``U -> (z, log|det J^-1|)``. ``contexts``: from :meth:`forward_keeping_contexts`,
+        with ``links`` that pass's own output and the parameters frozen (the path gradient's
+        inverse pass, :func:`hpcflow.app.propose.path_log_prob`): the context networks do not
+        run again. Anything else raises ``ValueError`` (the contexts would be wrong silently)."""
         if contexts is None:
             return self._through(links, [layer.inverse for layer in reversed(self.layers)])
+        if links is not contexts.output:
+            raise ValueError("GaugeFlow.inverse: contexts belong to the forward pass whose "
+                             "output they were kept with; pass that output itself")
+        if any(p.requires_grad for p in self.parameters()):
+            raise ValueError("GaugeFlow.inverse: reused contexts carry no parameter gradient; "
+                             "freeze the parameters (path_log_prob) or pass no contexts")
         maps = [lambda x, f=layer.inverse, c=c: f(x, context=c)
-                for layer, c in zip(reversed(self.layers), reversed(contexts), strict=True)]
+                for layer, c in zip(reversed(self.layers), reversed(contexts.layers),
+                                    strict=True)]
         return self._through(links, maps)
 
     def forward_keeping_contexts(self, z: torch.Tensor):
@@ -78,10 +97,10 @@ class GaugeFlow(nn.Module):
         if self.recompute or not torch.is_grad_enabled() or any(
                 layer._compiled is not None for layer in self.layers):
             return (*self(z), None)
-        contexts: list = []
-        u, logdet = self._through(z, [lambda x, f=layer: f(x, keep=contexts)
+        kept: list = []
+        u, logdet = self._through(z, [lambda x, f=layer: f(x, keep=kept)
                                       for layer in self.layers])
-        return u, logdet, contexts
+        return u, logdet, KeptContexts(kept, u)
 
     def _through(self, links: torch.Tensor, maps) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply layer maps ``x -> (x', log|det|)`` in order to public links; sum the log-dets.

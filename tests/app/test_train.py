@@ -315,7 +315,7 @@ def test_path_gradient_training_learns_and_recomputes_identically(tmp_path):
     assert [x["loss"] for x in m[1:]] != [x["loss"] for x in r[1:]]
     train(tmp_path / "pr", "train.gradient=path", "train.recompute_layers=true")
     pr = metrics_without_time(tmp_path / "pr")
-    assert len(pr) == len(m) and pr[0] == m[0]  # the first loss is the same forward pass
+    assert len(pr) == len(m)
     for a, b in zip(pr, m, strict=True):
         assert a == {k: pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v
                      for k, v in b.items()}

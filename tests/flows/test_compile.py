@@ -47,6 +47,8 @@ def _compare_compiled_with_eager():
     for x, y in zip(a[4], b[4], strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(b[2], z, rtol=0, atol=1e-10)  # and it still inverts
+    # compiled layers keep no intermediates: the path gradient's inverse runs the networks
+    assert compiled.forward_keeping_contexts(z)[2] is None
 
 
 def test_config_key_compiles_the_layers():

@@ -273,7 +273,7 @@ def test_path_gradient_with_reused_contexts_equals_full_inverse_pass(nd, extra):
         model.zero_grad()
         if reuse:
             u, _, contexts = model.forward_keeping_contexts(z)
-            assert len(contexts) == len(model.layers)
+            assert len(contexts.layers) == len(model.layers) and contexts.output is u
         else:
             (u, _), contexts = model(z), None
         objective = path_log_prob(model, u, contexts) + action(u)
@@ -289,16 +289,26 @@ def test_path_gradient_with_reused_contexts_equals_full_inverse_pass(nd, extra):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10 * scale)
 
 
-def test_contexts_are_not_kept_when_compiled_recomputed_or_without_autograd():
-    """Compiled or activation-checkpointed layers keep no intermediates, and without autograd
-    there is no graph: ``forward_keeping_contexts`` returns ``None`` for the contexts (the
-    inverse pass then runs the networks itself) and the same sample."""
+def test_contexts_are_not_kept_when_recomputed_or_without_autograd_and_misuse_raises():
+    """Activation-checkpointed layers keep no intermediates, and without autograd there is no
+    graph: ``forward_keeping_contexts`` returns ``None`` for the contexts (the inverse pass then
+    runs the networks itself) and the same sample (compiled layers:
+    ``tests/flows/test_compile.py``). Contexts given with other links than their pass's output,
+    or with parameters that require gradients, raise instead of silently giving wrong
+    numbers."""
+    from hpcflow.app.propose import path_log_prob
+
     _, model = make_flow(2)
     z = model.prior(range(2), seed=5, stream=1)
-    u, logdet = model(z)
+    u, logdet, contexts = model.forward_keeping_contexts(z)
+    with pytest.raises(ValueError, match="freeze the parameters"):
+        model.inverse(u, contexts)
+    with pytest.raises(ValueError, match="pass that output itself"):
+        path_log_prob(model, u.detach().clone(), contexts)
+    path_log_prob(model, u, contexts).sum().backward()  # the right use works
     with torch.no_grad():
-        u2, logdet2, contexts = model.forward_keeping_contexts(z)
-    assert contexts is None and torch.equal(u2, u.detach())
+        u2, logdet2, kept = model.forward_keeping_contexts(z)
+    assert kept is None and torch.equal(u2, u.detach())
     model.recompute = True
-    u3, _, contexts = model.forward_keeping_contexts(z)
-    assert contexts is None and torch.equal(u3.detach(), u.detach())
+    u3, _, kept = model.forward_keeping_contexts(z)
+    assert kept is None and torch.equal(u3.detach(), u.detach())
