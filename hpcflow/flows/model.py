@@ -90,10 +90,10 @@ class GaugeFlow(nn.Module):
 
     def forward_keeping_contexts(self, z: torch.Tensor):
         """:meth:`forward` that also returns each layer's context with its autograd graph
-        (``[(extended links, parameters)]`` per layer), for the inverse pass of path gradients
-        at the output (:meth:`inverse`). ``None`` instead when the layers are compiled or
-        recomputed (``recompute``): their intermediates are not kept; the inverse pass then
-        runs the context networks itself. Returns ``(U, log|det J|, contexts)``."""
+        (:class:`KeptContexts`), for the inverse pass of path gradients at the output
+        (:meth:`inverse`). ``None`` instead when the layers are compiled or recomputed
+        (``recompute``) or autograd is off: no intermediates are kept; the inverse pass then
+        runs the context networks itself. Returns ``(U, log|det J|, KeptContexts | None)``."""
         if self.recompute or not torch.is_grad_enabled() or any(
                 layer._compiled is not None for layer in self.layers):
             return (*self(z), None)
