@@ -149,6 +149,11 @@ class GaugeCoupling(nn.Module):
 
     _compiled = None
 
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile_maps` was called (the maps then keep no intermediates)."""
+        return self._compiled is not None
+
     def compile_maps(self, **options) -> None:
         """Run the layer's maps through ``torch.compile(fullgraph=True, dynamic=False)`` from
         now on: one graph per direction and batch shape, no graph breaks (so no host

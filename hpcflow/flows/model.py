@@ -94,8 +94,8 @@ class GaugeFlow(nn.Module):
         (:meth:`inverse`). ``None`` instead when the layers are compiled or recomputed
         (``recompute``) or autograd is off: no intermediates are kept; the inverse pass then
         runs the context networks itself. Returns ``(U, log|det J|, KeptContexts | None)``."""
-        if self.recompute or not torch.is_grad_enabled() or any(
-                layer._compiled is not None for layer in self.layers):
+        if (self.recompute or not torch.is_grad_enabled()
+                or any(layer.is_compiled for layer in self.layers)):
             return (*self(z), None)
         kept: list = []
         u, logdet = self._through(z, [lambda x, f=layer: f(x, keep=kept)

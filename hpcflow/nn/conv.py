@@ -142,13 +142,19 @@ def circular_pad(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
     return _CircularPad.apply(x, pads)
 
 
+def _flat_site(coords: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """Row-major flat index of the periodic lattice ``shape`` of integer coordinates (one
+    tensor per axis, broadcast together; any values, wrapped mod ``L_a``)."""
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    return sum(torch.remainder(c, n) * st for c, n, st in zip(coords, shape, strides, strict=True))
+
+
 def pad_table(shape: Sequence[int], pads: Sequence[int]) -> torch.Tensor:
     """Flat source site of every site of the periodically padded lattice, for
     :func:`gather_pad`: ``[prod(L_a + 2 p_a)]`` int64 indices into ``[prod(L_a)]``."""
-    grids = torch.meshgrid(*[torch.remainder(torch.arange(-p, n + p), n)
-                             for n, p in zip(shape, pads, strict=True)], indexing="ij")
-    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
-    return sum(g * s for g, s in zip(grids, strides, strict=True)).reshape(-1)
+    grids = torch.meshgrid(*[torch.arange(-p, n + p) for n, p in zip(shape, pads, strict=True)],
+                           indexing="ij")
+    return _flat_site(grids, shape).reshape(-1)
 
 
 def gather_pad(x: torch.Tensor, index: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
@@ -174,13 +180,11 @@ def stencil_table(shape: Sequence[int], kernel_size: Sequence[int],
     Entry ``s * K + j`` is the site ``(n_s + j - k // 2) mod L`` that offset ``j`` reads for the
     output at ``n_s``."""
     shape = [int(n) for n in shape]
-    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
-    coords = [torch.div(sites, st, rounding_mode="floor") % n for n, st in zip(shape, strides,
-                                                                               strict=True)]
+    coords = torch.unravel_index(sites, shape)
     offsets = torch.meshgrid(*[torch.arange(k) - k // 2 for k in kernel_size], indexing="ij")
-    index = sum(torch.remainder(c.view(-1, 1) + o.reshape(1, -1), n) * st
-                for c, o, n, st in zip(coords, offsets, shape, strides, strict=True))
-    return index.reshape(-1)
+    return _flat_site([c.view(-1, 1) + o.reshape(1, -1) for c, o in zip(coords, offsets,
+                                                                         strict=True)],
+                      shape).reshape(-1)
 
 
 def mix_rows(x_cl: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -53,6 +53,6 @@ def _compare_compiled_with_eager():
 
 def test_config_key_compiles_the_layers():
     """``distributed.compile: true`` builds the flow with compiled layer maps; off by default."""
-    assert all(layer._compiled is None for layer in build_model(load_config(None, TINY_U1)).layers)
+    assert all(not layer.is_compiled for layer in build_model(load_config(None, TINY_U1)).layers)
     model = build_model(load_config(None, TINY_U1 + ["distributed.compile=true"]))
-    assert all(layer._compiled is not None for layer in model.layers)
+    assert all(layer.is_compiled for layer in model.layers)
