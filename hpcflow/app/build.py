@@ -84,7 +84,8 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
 
 def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
                ) -> GaugeFlow | StochasticFlow:
-    """The trained sampler of a run directory, from its newest complete checkpoint.
+    """The trained sampler of a run directory, from its newest complete checkpoint: its
+    parameters' moving average where training kept one (``train.ema``), else its parameters.
 
     Returns the model in eval mode with ``model.config`` and ``model.checkpoint_step`` set.
     """
@@ -94,7 +95,7 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
         raise InputFileError(run_dir, "no complete checkpoint in checkpoints/ (train first)")
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict({**ckpt["model"], **ckpt.get("average", {})})
     if device is not None:
         model = model.to(device)
     model.eval()

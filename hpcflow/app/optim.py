@@ -2,16 +2,19 @@
 
 Adam with amsgrad by default (talk: "Optimizer regularization": long training can go unstable
 with plain Adam), decoupled weight decay when asked for, and a staged learning rate
-(talk: "Scheduler policy": several decreasing learning rates), cosine as an option.
+(talk: "Scheduler policy": several decreasing learning rates), cosine as an option; an
+exponential moving average of the parameters (``train.ema``) as the flow to sample from.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["build_optimizer", "lr_factor", "set_lr"]
+__all__ = ["ParameterAverage", "build_optimizer", "ema_decay", "lr_factor", "set_lr"]
 
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
@@ -40,3 +43,64 @@ def set_lr(optimizer, step: int, train_cfg) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The averaging weight of optimizer ``step`` (1-based): ``min(decay, (1 + step) / (10 +
+    step))``, a short warm-up so that the average forgets the initial parameters within the
+    first steps instead of ``1 / (1 - decay)`` of them (the rule of TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``)."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+class ParameterAverage:
+    """Exponential moving average of named parameters (Polyak averaging with an exponential
+    window; Polyak & Juditsky 1992): after each optimizer step ``t``,
+    ``a <- d_t a + (1 - d_t) theta`` with ``d_t = ema_decay(t, decay)``.
+
+    A fixed learning rate leaves the parameters jittering around the optimum by an amount
+    set by the rate and the gradient noise; the average does not, so it is the better flow
+    whenever training stops before its learning rate has decayed (a run cut short by
+    ``train.walltime``). ``named``: ``[(name, parameter)]``; the average keeps a copy of each
+    (same shape, dtype and device), :meth:`state_dict` gives them by name.
+    """
+
+    def __init__(self, named: Iterable[tuple[str, torch.Tensor]], decay: float):
+        named = list(named)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.decay = float(decay)
+        self.tensors = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold the current parameters in after optimizer step ``step`` (1-based)."""
+        weight = 1.0 - ema_decay(step, self.decay)
+        torch._foreach_lerp_(self.tensors, [p.detach() for p in self.params], weight)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The parameters hold the average inside the block, their own values again after."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.tensors, strict=True):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved, strict=True):
+                    p.copy_(s)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The average by parameter name (the names of ``model.state_dict()``)."""
+        return {n: a.detach().clone() for n, a in zip(self.names, self.tensors, strict=True)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take over an average saved by :meth:`state_dict` (every name must be there)."""
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"parameter average without {', '.join(missing)}")
+        for n, a in zip(self.names, self.tensors, strict=True):
+            a.copy_(state[n])

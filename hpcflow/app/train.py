@@ -16,7 +16,9 @@ One step (docs/physics.md, "Training and sampling"):
    stop after the same step;
 5. gradients clipped, and an Adam/amsgrad step with a staged learning rate (a function of the
    step alone); non-finite steps, and path-gradient steps whose inverse pass misses the forward
-   ``log q`` by more than ``train.max_inverse_error``, are skipped and counted.
+   ``log q`` by more than ``train.max_inverse_error``, are skipped and counted; with
+   ``train.ema``, the parameters' moving average (:class:`~hpcflow.app.optim.ParameterAverage`)
+   folds the new parameters in: evaluations, checkpoints and ``hpcflow sample`` use it.
 
 Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch (one more
 collective), atomic checkpoints with automatic resume (one collective: the check that every rank
@@ -26,6 +28,7 @@ signals and wall time, plots at the end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -46,7 +49,7 @@ from .build import build_action, build_model
 from .config import check_resumable
 from .context import RunContext
 from .metrics import MetricsLog, TensorBoardLog
-from .optim import build_optimizer, set_lr
+from .optim import ParameterAverage, build_optimizer, set_lr
 from .plots import plot_training
 from .propose import StartEnsemble, propose
 
@@ -118,6 +121,7 @@ class Trainer:
         self.model.recompute = self.tc.recompute_layers
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, self.tc) if self.params else None
+        self.average: ParameterAverage | None = None  # train.ema; set in _resume
         self.action = build_action(cfg)
         s = cfg.sampler
         self.start = (StartEnsemble(s.start, cfg.lattice.group, cfg.lattice.shape, s.beta_start)
@@ -158,6 +162,11 @@ class Trainer:
             self.ctx.log.info(f"resuming from {ckpt['path']} at step {self.step}")
         else:
             comm.broadcast_model_(self.model)
+        if self.tc.ema > 0 and self.params:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            self.average = ParameterAverage(named, self.tc.ema)
+            if ckpt is not None and ckpt.get("average"):  # else: start from the parameters
+                self.average.load_state_dict(ckpt["average"])
         if comm.is_root:
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
@@ -207,6 +216,8 @@ class Trainer:
                                    f"train.max_inverse_error = {tc.max_inverse_error}")
         if not self.bad_reason:
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update(self.step + 1)
             self.bad_steps = 0
         else:
             self.bad_steps += 1
@@ -218,13 +229,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """ESS, log Z and independence-Metropolis acceptance on ``eval_batch_size`` fresh
-        samples (stream ``(seed, eval, step)``), spread over the ranks."""
+        samples (stream ``(seed, eval, step)``), spread over the ranks; of the parameters'
+        moving average with ``train.ema`` (the flow ``hpcflow sample`` draws from)."""
         tc = self.tc
         local = self.ctx.share(tc.eval_batch_size)
         micro = tc.micro_batch_size or len(local)
-        log_w = [propose(self.model, self.action, local[lo:lo + micro], seed=tc.seed,
-                         stream=STREAM_EVAL, step=self.step, start=self.start).log_weight
-                 for lo in range(0, len(local), micro)]
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            log_w = [propose(self.model, self.action, local[lo:lo + micro], seed=tc.seed,
+                             stream=STREAM_EVAL, step=self.step, start=self.start).log_weight
+                     for lo in range(0, len(local), micro)]
         lw = self.ctx.gather(torch.cat(log_w), tc.eval_batch_size).double().cpu().numpy()
         uniforms = np.random.default_rng([tc.seed, STREAM_EVAL, self.step]).random(len(lw))
         _, accepted, _, _ = independence_metropolis(lw, uniforms)
@@ -321,9 +334,12 @@ class Trainer:
         return votes
 
     def _check_replicas(self) -> None:
-        """Every rank holds rank 0's parameters and optimizer state afterwards (one collective;
-        broadcasts only if some rank differed, logged)."""
+        """Every rank holds rank 0's parameters, optimizer state and parameter average
+        afterwards (one collective; broadcasts only if some rank differed, logged; the average
+        follows from the parameters, so it is broadcast with them)."""
         if not self.comm.check_replicas_(self.model, self.optimizer):
+            if self.average is not None:
+                self.comm.broadcast_(self.average.tensors)
             self.ctx.log.warning(
                 f"step {self.step}: ranks held different parameters or optimizer state; rank "
                 f"0's were broadcast to all (repair {self.comm.repairs})")
@@ -338,6 +354,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else {},
                 "config": self.cfg.to_dict(),
+                "average": self.average.state_dict() if self.average is not None else {},
                 "trainer": {"skipped": self.skipped,
                             "elapsed": self._last.get("time", self.elapsed_before)},
             }

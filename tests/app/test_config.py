@@ -51,6 +51,8 @@ def test_resolved_yaml_round_trips(tmp_path):
         ("train.batch_size=0", "train.batch_size"),
         ("train.seed=true", "train.seed"),
         ("train.max_inverse_error=-1", "train.max_inverse_error"),
+        ("train.ema=1", "train.ema"),
+        ("train.ema=-0.5", "train.ema"),
         ("distributed.backend=nccl", "distributed.backend"),
         ("distributed.device=tpu", "distributed.device"),
         ("model.multi_update=0", "model.multi_update"),

@@ -111,9 +111,11 @@ def _one_and_two_ranks_agree(tmp_path, extra, keys):
 def test_two_ranks_reproduce_one_process_path_gradient(tmp_path):
     """Path gradients (inverse pass per step, per-sample inverse errors gathered with the
     weights): 2 ranks give the single-process loss, ESS and gradient norm to 1e-10, and the
-    same (round-off sized) inverse errors."""
+    same (round-off sized) inverse errors; the evaluations, of the parameters' moving average
+    (``train.ema``), agree too."""
     one, two = _one_and_two_ranks_agree(
-        tmp_path, ("train.gradient=path", "train.steps=8", "train.eval_every=4"),
+        tmp_path, ("train.gradient=path", "train.steps=8", "train.eval_every=4",
+                   "train.ema=0.5"),
         ("loss", "ess", "grad_norm", "eval_ess"))
     a, b = _series(one, "inverse_error"), _series(two, "inverse_error")
     assert len(a) == len(b) > 0 and max(a + b) < 1e-9

@@ -12,6 +12,7 @@ import torch
 
 from hpcflow import HpcflowError, load_config, load_model
 from hpcflow.app.metrics import read_metrics
+from hpcflow.app.optim import ParameterAverage, ema_decay
 from hpcflow.app.train import Trainer
 from hpcflow.distributed import NoneComm
 from hpcflow.io.checkpoint import list_checkpoints
@@ -63,6 +64,58 @@ def test_resume_continues_to_identical_parameters(tmp_path):
     assert res.step == 12
     assert same_state(final_params(tmp_path / "full"), final_params(tmp_path / "part"))
     assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "part")
+
+
+def test_parameter_average_follows_its_rule_and_swaps_in_and_out():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    avg = ParameterAverage([("w", w)], decay=0.9)
+    expect = w.detach().clone()
+    for step, value in enumerate(([3.0, 0.0], [0.5, 4.0], [-1.0, 1.0]), start=1):
+        with torch.no_grad():
+            w.copy_(torch.tensor(value))
+        avg.update(step)
+        d = ema_decay(step, 0.9)
+        expect = d * expect + (1 - d) * w.detach()
+        assert torch.allclose(avg.tensors[0], expect, rtol=0, atol=1e-15)
+    assert ema_decay(1, 0.9) == 2 / 11 and ema_decay(10**6, 0.9) == 0.9
+    with avg.applied():
+        assert torch.equal(w.detach(), avg.tensors[0])
+    assert w.tolist() == [-1.0, 1.0]  # restored
+    other = ParameterAverage([("w", w)], decay=0.9)
+    other.load_state_dict(avg.state_dict())
+    assert torch.equal(other.tensors[0], avg.tensors[0])
+    with pytest.raises(KeyError, match="w"):
+        other.load_state_dict({})
+
+
+def test_moving_average_resumes_identically_and_is_what_is_sampled(tmp_path):
+    """With ``train.ema``: an interrupted run resumes to the same parameters, average and
+    metrics; evaluations measure the average; ``load_model`` (``hpcflow sample``) gives the
+    average, not the raw parameters, which the checkpoint also keeps."""
+    trainer, _ = train(tmp_path / "full", "train.ema=0.8")
+    train(tmp_path / "part", "train.ema=0.8", until=7)
+    train(tmp_path / "part", "train.ema=0.8")
+    sampled = final_params(tmp_path / "full")
+    assert same_state(sampled, final_params(tmp_path / "part"))
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "part")
+    raw = trainer.model.state_dict()
+    averaged = trainer.average.state_dict()
+    assert averaged and all(torch.equal(sampled[k], v) for k, v in averaged.items())
+    assert any(not torch.equal(raw[k], v) for k, v in averaged.items())
+    # the evaluation of the last step is of the average: the same numbers again with it
+    last_eval = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl")
+                 if "eval_ess" in r][-1]
+    again = trainer.evaluate()
+    assert again["eval_ess"] == last_eval["eval_ess"]
+    with trainer.average.applied():
+        trainer.average = None
+        assert trainer.evaluate()["eval_ess"] == last_eval["eval_ess"]
+    assert torch.equal(trainer.model.state_dict()[next(iter(averaged))],
+                       raw[next(iter(averaged))])  # parameters restored after the block
+    # without ema the checkpoint holds no average, and the raw parameters are sampled
+    plain, _ = train(tmp_path / "plain")
+    assert plain.average is None
+    assert same_state(final_params(tmp_path / "plain"), plain.model.state_dict())
 
 
 def test_one_trainer_runs_in_stages(tmp_path):
