@@ -27,6 +27,7 @@ curve.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shutil
 import sys
@@ -136,7 +137,9 @@ def main() -> None:
                                           out / "run"))
         result = trainer.run()
         train_s = time.perf_counter() - t0
-        flow = draw(cfg, trainer.model.eval(), args.eval, args.batch)
+        with (trainer.average.applied() if trainer.average is not None
+              else contextlib.nullcontext()):
+            flow = draw(cfg, trainer.model.eval(), args.eval, args.batch)  # train.ema: average
         rows.append({"sampler": "snf", "steps": cfg.sampler.steps,
                      "layers": len(trainer.model.layers), "train_s": train_s,
                      "opt_steps": result.step, **flow,

@@ -22,7 +22,7 @@ from ..lattice.groups import get_group
 from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 
-__all__ = ["build_action", "build_model", "load_model", "protocol"]
+__all__ = ["build_action", "build_model", "load_average", "load_model", "protocol"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -82,6 +82,21 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
     return flow.compile_layers() if cfg.distributed.compile else flow
 
 
+def load_average(model: torch.nn.Module, average: dict[str, torch.Tensor]) -> None:
+    """Overwrite ``model``'s parameters with a saved average (``ParameterAverage.state_dict``,
+    keyed by ``named_parameters`` names). By parameter, not through ``load_state_dict``: a
+    parameter shared by several layers (a stochastic flow's stout schedule, ``sampler.knots``)
+    has one name there but one ``state_dict`` entry per layer, and the entries left raw would
+    overwrite the average."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(average) - set(params))
+    if unknown:
+        raise KeyError(f"parameter average of unknown parameters: {', '.join(unknown)}")
+    with torch.no_grad():
+        for name, value in average.items():
+            params[name].copy_(value)
+
+
 def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
                ) -> GaugeFlow | StochasticFlow:
     """The trained sampler of a run directory, from its newest complete checkpoint: its
@@ -95,7 +110,8 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
         raise InputFileError(run_dir, "no complete checkpoint in checkpoints/ (train first)")
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg)
-    model.load_state_dict({**ckpt["model"], **ckpt.get("average", {})})
+    model.load_state_dict(ckpt["model"])
+    load_average(model, ckpt.get("average", {}))
     if device is not None:
         model = model.to(device)
     model.eval()

@@ -335,11 +335,9 @@ class Trainer:
 
     def _check_replicas(self) -> None:
         """Every rank holds rank 0's parameters, optimizer state and parameter average
-        afterwards (one collective; broadcasts only if some rank differed, logged; the average
-        follows from the parameters, so it is broadcast with them)."""
-        if not self.comm.check_replicas_(self.model, self.optimizer):
-            if self.average is not None:
-                self.comm.broadcast_(self.average.tensors)
+        afterwards (one collective; broadcasts only if some rank differed, logged)."""
+        average = self.average.tensors if self.average is not None else ()
+        if not self.comm.check_replicas_(self.model, self.optimizer, extra=average):
             self.ctx.log.warning(
                 f"step {self.step}: ranks held different parameters or optimizer state; rank "
                 f"0's were broadcast to all (repair {self.comm.repairs})")
@@ -511,11 +509,16 @@ def dry_run(cfg, ctx: RunContext, ranks: int | None = None) -> dict:
         propose(model, action, indices, seed=tc.seed, stream=STREAM_TRAIN, step=0,
                 train=True, path=path, start=start, backward_scale=1 / len(indices))
 
+    kept = []  # train.ema: the average's copy of the parameters counts in the base
+
     def warm_up():
         optimizer.zero_grad(set_to_none=False)
         train_pass(range(1))
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
+        if tc.ema > 0:
+            kept.append(ParameterAverage([(n, p) for n, p in model.named_parameters()
+                                          if p.requires_grad], tc.ema))
 
     def eval_pass(n):
         with torch.no_grad():

@@ -54,7 +54,7 @@ import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -343,14 +343,17 @@ class Communicator(ABC):
             grads.append(p.grad)
         return self.allreduce_mean_(grads, sums=sums)
 
-    def check_replicas_(self, module: torch.nn.Module, optimizer=None, root: int = 0) -> bool:
-        """Whether every rank holds bit-identical parameters and buffers of ``module`` and
-        state of ``optimizer``: one hash pass over them and one 2-element MAX-allreduce (module
-        docstring). If not, rank ``root``'s are broadcast to all, :attr:`repairs` is counted and
-        False returned. Also a barrier: no rank returns before every rank called it."""
+    def check_replicas_(self, module: torch.nn.Module, optimizer=None, root: int = 0,
+                        extra: Sequence[torch.Tensor] = ()) -> bool:
+        """Whether every rank holds bit-identical parameters and buffers of ``module``, state
+        of ``optimizer`` and ``extra`` tensors (e.g. a parameter average): one hash pass over
+        them and one 2-element MAX-allreduce (module docstring). If not, rank ``root``'s are
+        broadcast to all, :attr:`repairs` is counted and False returned. Also a barrier: no
+        rank returns before every rank called it."""
         if self.size == 1:
             return True
-        fp = _fingerprint(_state_tensors(module, optimizer)).to(self._wire)
+        extra = list(extra)
+        fp = _fingerprint(_state_tensors(module, optimizer) + extra).to(self._wire)
         self._allreduce_(fp, "max")
         if _agree(fp):
             return True
@@ -358,6 +361,7 @@ class Communicator(ABC):
         self.broadcast_model_(module, root)
         if optimizer is not None:
             self.broadcast_optimizer_(optimizer, root)
+        self.broadcast_(extra, root)
         return False
 
     def allreduce_sum(self, x):

@@ -112,6 +112,17 @@ def test_moving_average_resumes_identically_and_is_what_is_sampled(tmp_path):
         assert trainer.evaluate()["eval_ess"] == last_eval["eval_ess"]
     assert torch.equal(trainer.model.state_dict()[next(iter(averaged))],
                        raw[next(iter(averaged))])  # parameters restored after the block
+    # a stochastic flow whose layers share one stout schedule (one parameter, one entry in
+    # the average, an entry per layer in the state dict): the average is sampled all the same
+    snf, _ = train(tmp_path / "snf", "train.ema=0.8", "sampler.kind=snf", "sampler.steps=4",
+                   "sampler.knots=2", "train.steps=6")
+    shared = snf.average.state_dict()
+    loaded = load_model(tmp_path / "snf")
+    entries = {k: v for k, v in loaded.state_dict().items() if k.endswith("schedule.p")}
+    assert len(shared) == 1 and len(entries) == 4  # one per protocol step's layer
+    for name, value in entries.items():
+        assert torch.equal(value, next(iter(shared.values()))), name
+    assert not torch.equal(next(iter(shared.values())), next(iter(snf.model.parameters())))
     # without ema the checkpoint holds no average, and the raw parameters are sampled
     plain, _ = train(tmp_path / "plain")
     assert plain.average is None

@@ -190,24 +190,28 @@ def _trained_pair(seed: int):
 
 
 class _FakePeer(Communicator):
-    """Rank 1 of 2; "rank 0" holds ``root_model`` and ``root_opt``."""
+    """Rank 1 of 2; "rank 0" holds ``root_model``, ``root_opt`` and ``root_extra``."""
 
     backend = "fake"
 
-    def __init__(self, root_model, root_opt):
+    def __init__(self, root_model, root_opt, root_extra=()):
         super().__init__()
         self.rank, self.size = 1, 2
         self.root_model, self.root_opt = root_model, root_opt
+        self.root_extra = list(root_extra)
         self.broadcasts = 0
 
     def _allreduce_(self, t, op):
         assert op == "max"  # the fingerprint of rank 0 against ours
-        t.copy_(torch.maximum(t, _fingerprint(_state_tensors(self.root_model, self.root_opt))))
+        root = _state_tensors(self.root_model, self.root_opt) + self.root_extra
+        t.copy_(torch.maximum(t, _fingerprint(root)))
 
     def _broadcast_(self, buf, root):
         self.broadcasts += 1
-        root_state = list(self.root_model.state_dict().values())
-        buf.copy_(torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in root_state]))
+        # a repair broadcasts the model first, then the extra tensors
+        source = (list(self.root_model.state_dict().values()) if self.broadcasts == 1
+                  else self.root_extra)
+        buf.copy_(torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in source]))
 
     def _allgather_rows(self, rows):
         raise NotImplementedError
@@ -249,6 +253,20 @@ def test_differing_replicas_are_repaired_from_root():
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"],
                        root_opt.state_dict()["state"][0]["exp_avg"])
     assert NoneComm(device="cpu").check_replicas_(model, opt)  # one rank: nothing to compare
+
+
+def test_extra_tensors_are_compared_and_repaired():
+    """``extra`` (the trainer's parameter average): equal passes; one ulp off in it alone is
+    detected, and afterwards it is rank 0's."""
+    root, root_opt = _trained_pair(0)
+    model, opt = _trained_pair(0)
+    root_avg = [p.detach().clone() * 0.5 for p in root.parameters()]
+    avg = [t.clone() for t in root_avg]
+    assert _FakePeer(root, root_opt, root_avg).check_replicas_(model, opt, extra=avg)
+    avg[0].view(-1)[0] = torch.nextafter(avg[0].view(-1)[0], torch.tensor(9.0).double())
+    comm = _FakePeer(root, root_opt, root_avg)
+    assert not comm.check_replicas_(model, opt, extra=avg) and comm.repairs == 1
+    assert all(torch.equal(a, b) for a, b in zip(avg, root_avg, strict=True))
 
 
 def test_none_abort_exits_with_code():
