@@ -207,7 +207,8 @@ class TrainConfig:
     an average over the last ~100 steps. Evaluations measure the averaged flow, checkpoints
     keep it next to the raw parameters (training continues from those) and ``hpcflow sample``
     draws from it. It settles the flow of a run that stops before its learning rate has
-    decayed (``train.walltime``): in 2D U(1), ESS 0.58 against 0.49 at a fixed rate."""
+    decayed (``train.walltime``): in 2D U(1), ESS 0.57 against 0.49 at a fixed rate
+    (perf/RESULTS.md)."""
     micro_batch_size: int = 0
     """Samples per forward/backward pass on a rank (gradient accumulation); 0: all at once."""
     recompute_layers: bool = False
