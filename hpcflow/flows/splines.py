@@ -265,6 +265,11 @@ class _RQS(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_logdet):
+        if torch.is_grad_enabled():  # create_graph: this backward is first order only
+            raise RuntimeError(
+                "circular_rqs / interval_rqs: second derivatives are not implemented (the "
+                "backward is written out, first order, from intermediates saved without a "
+                "graph); differentiate without create_graph=True")
         ends, p, sig, *saved = ctx.saved_tensors
         k, span, mw, mh, inverse, circular, table_shape = ctx.meta
         loc = _Local.restored(saved)

@@ -408,3 +408,18 @@ def test_hand_written_backward_matches_finite_differences_in_input_and_params(in
                                 min_width=2e-3, min_height=1e-2)
 
     assert torch.autograd.gradcheck(f, (x, p), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_second_derivative_through_a_spline_raises(inverse):
+    """The spline's backward is written out and first order only: asking for a graph of the
+    gradient (a second derivative) raises instead of giving a gradient that silently misses
+    the spline's second-order terms; first derivatives work as before."""
+    gen = torch.Generator().manual_seed(3)
+    x = (2 * math.pi * torch.rand(5, generator=gen, dtype=torch.float64)).requires_grad_()
+    params = torch.randn(5, 3 * 4 + 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    _, logdet = circular_rqs(x, params, inverse=inverse)
+    with pytest.raises(RuntimeError, match="second derivatives are not implemented"):
+        torch.autograd.grad(logdet.sum(), params, create_graph=True, retain_graph=True)
+    (g,) = torch.autograd.grad(logdet.sum(), params)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
