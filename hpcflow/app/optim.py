@@ -93,7 +93,8 @@ class ParameterAverage:
                     p.copy_(s)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The average by parameter name (the names of ``model.state_dict()``)."""
+        """The average by parameter name (``named_parameters`` names; a parameter shared by
+        several modules appears once)."""
         return {n: a.detach().clone() for n, a in zip(self.names, self.tensors, strict=True)}
 
     @torch.no_grad()

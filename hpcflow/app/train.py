@@ -339,8 +339,9 @@ class Trainer:
         average = self.average.tensors if self.average is not None else ()
         if not self.comm.check_replicas_(self.model, self.optimizer, extra=average):
             self.ctx.log.warning(
-                f"step {self.step}: ranks held different parameters or optimizer state; rank "
-                f"0's were broadcast to all (repair {self.comm.repairs})")
+                f"step {self.step}: ranks held different parameters, optimizer state or "
+                f"parameter average; rank 0's were broadcast to all (repair "
+                f"{self.comm.repairs})")
 
     def checkpoint(self) -> Path | None:
         """Rank 0 writes the full training state; all ranks wait for it in the check that
