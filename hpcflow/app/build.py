@@ -84,14 +84,20 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
 
 def load_average(model: torch.nn.Module, average: dict[str, torch.Tensor]) -> None:
     """Overwrite ``model``'s parameters with a saved average (``ParameterAverage.state_dict``,
-    keyed by ``named_parameters`` names). By parameter, not through ``load_state_dict``: a
+    keyed by ``named_parameters`` names, one for every trained parameter; an empty one changes
+    nothing). By parameter, not through ``load_state_dict``: a
     parameter shared by several layers (a stochastic flow's stout schedule, ``sampler.knots``)
     has one name there but one ``state_dict`` entry per layer, and the entries left raw would
     overwrite the average."""
+    if not average:
+        return
     params = dict(model.named_parameters())
     unknown = sorted(set(average) - set(params))
     if unknown:
         raise KeyError(f"parameter average of unknown parameters: {', '.join(unknown)}")
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in average)
+    if missing:
+        raise KeyError(f"parameter average without {', '.join(missing)}")
     with torch.no_grad():
         for name, value in average.items():
             params[name].copy_(value)
@@ -111,7 +117,10 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
-    load_average(model, ckpt.get("average", {}))
+    try:
+        load_average(model, ckpt.get("average", {}))
+    except KeyError as err:
+        raise InputFileError(ckpt["path"], err.args[0]) from None
     if device is not None:
         model = model.to(device)
     model.eval()

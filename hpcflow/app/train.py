@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..distributed import set_deterministic, set_float32_precision
-from ..errors import ConfigError, HpcflowError
+from ..errors import ConfigError, HpcflowError, InputFileError
 from ..estimators import ess, independence_metropolis, logsumexp
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
 from ..io.atomic import write_atomic
@@ -166,7 +166,10 @@ class Trainer:
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             self.average = ParameterAverage(named, self.tc.ema)
             if ckpt is not None and ckpt.get("average"):  # else: start from the parameters
-                self.average.load_state_dict(ckpt["average"])
+                try:
+                    self.average.load_state_dict(ckpt["average"])
+                except KeyError as err:
+                    raise InputFileError(ckpt["path"], err.args[0]) from None
         if comm.is_root:
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcflow import HpcflowError, load_config, load_model
+from hpcflow import HpcflowError, InputFileError, load_config, load_model
 from hpcflow.app.metrics import read_metrics
 from hpcflow.app.optim import ParameterAverage, ema_decay
 from hpcflow.app.train import Trainer
 from hpcflow.distributed import NoneComm
-from hpcflow.io.checkpoint import list_checkpoints
+from hpcflow.io.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from tests.helpers import TINY_U1, clean_env, perturb, run_ctx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +127,24 @@ def test_moving_average_resumes_identically_and_is_what_is_sampled(tmp_path):
     plain, _ = train(tmp_path / "plain")
     assert plain.average is None
     assert same_state(final_params(tmp_path / "plain"), plain.model.state_dict())
+
+
+def test_a_checkpoint_with_a_foreign_average_is_refused_naming_it(tmp_path):
+    train(tmp_path / "run", "train.ema=0.8", "train.steps=3")
+    ckpt = load_latest_checkpoint(tmp_path / "run" / "checkpoints")
+    payload = {k: v for k, v in ckpt.items() if k not in ("path", "format", "step")}
+    payload["average"] = {"nonexistent.weight": torch.zeros(1)}
+    save_checkpoint(tmp_path / "run" / "checkpoints", 99, payload)
+    with pytest.raises(InputFileError, match=r"step-00000099\.pt: .*nonexistent\.weight"):
+        load_model(tmp_path / "run")
+    del payload["average"]["nonexistent.weight"]  # one without the model's entries:
+    payload["average"][next(iter(ckpt["average"]))] = next(iter(ckpt["average"].values()))
+    save_checkpoint(tmp_path / "run" / "checkpoints", 100, payload)
+    for use in (lambda: load_model(tmp_path / "run"),  # sample and resume refuse it
+                lambda: train(tmp_path / "run", "train.ema=0.8", "train.steps=200")):
+        with pytest.raises(InputFileError, match=r"step-00000100\.pt: parameter average "
+                                                 r"without"):
+            use()
 
 
 def test_one_trainer_runs_in_stages(tmp_path):
