@@ -21,6 +21,7 @@ from ..lattice.algebra import algebra_basis
 from ..lattice.groups import get_group
 from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
+from .optim import ParameterAverage
 
 __all__ = ["build_action", "build_model", "load_average", "load_model", "protocol"]
 
@@ -84,23 +85,17 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
 
 def load_average(model: torch.nn.Module, average: dict[str, torch.Tensor]) -> None:
     """Overwrite ``model``'s parameters with a saved average (``ParameterAverage.state_dict``,
-    keyed by ``named_parameters`` names, one for every trained parameter; an empty one changes
-    nothing). By parameter, not through ``load_state_dict``: a
+    keyed by ``named_parameters`` names, one for every trained parameter, else ``ValueError``;
+    an empty one changes nothing). By parameter, not through ``load_state_dict``: a
     parameter shared by several layers (a stochastic flow's stout schedule, ``sampler.knots``)
     has one name there but one ``state_dict`` entry per layer, and the entries left raw would
     overwrite the average."""
     if not average:
         return
-    params = dict(model.named_parameters())
-    unknown = sorted(set(average) - set(params))
-    if unknown:
-        raise KeyError(f"parameter average of unknown parameters: {', '.join(unknown)}")
-    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in average)
-    if missing:
-        raise KeyError(f"parameter average without {', '.join(missing)}")
-    with torch.no_grad():
-        for name, value in average.items():
-            params[name].copy_(value)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    kept = ParameterAverage(named, decay=0.0)  # checks names and shapes, like a resume
+    kept.load_state_dict(average)
+    kept.copy_to_parameters()
 
 
 def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
@@ -119,7 +114,7 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     model.load_state_dict(ckpt["model"])
     try:
         load_average(model, ckpt.get("average", {}))
-    except KeyError as err:
+    except ValueError as err:
         raise InputFileError(ckpt["path"], err.args[0]) from None
     if device is not None:
         model = model.to(device)

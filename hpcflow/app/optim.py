@@ -99,9 +99,21 @@ class ParameterAverage:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Take over an average saved by :meth:`state_dict` (every name must be there)."""
+        """Take over an average saved by :meth:`state_dict`: the same names, each with its
+        parameter's shape, else ``ValueError`` saying what differs (nothing is changed)."""
+        unknown = sorted(set(state) - set(self.names))
         missing = [n for n in self.names if n not in state]
-        if missing:
-            raise KeyError(f"parameter average without {', '.join(missing)}")
+        wrong = [f"{n} {tuple(state[n].shape)} (the parameter: {tuple(a.shape)})"
+                 for n, a in zip(self.names, self.tensors, strict=True)
+                 if n in state and state[n].shape != a.shape]
+        for what, items in (("of unknown parameters", unknown), ("without", missing),
+                            ("with other shapes", wrong)):
+            if items:
+                raise ValueError(f"parameter average {what}: {', '.join(items)}")
         for n, a in zip(self.names, self.tensors, strict=True):
             a.copy_(state[n])
+
+    @torch.no_grad()
+    def copy_to_parameters(self) -> None:
+        """Write the average into the parameters (for good: sampling from a checkpoint)."""
+        torch._foreach_copy_(self.params, self.tensors)

@@ -168,7 +168,7 @@ class Trainer:
             if ckpt is not None and ckpt.get("average"):  # else: start from the parameters
                 try:
                     self.average.load_state_dict(ckpt["average"])
-                except KeyError as err:
+                except ValueError as err:
                     raise InputFileError(ckpt["path"], err.args[0]) from None
         if comm.is_root:
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())

@@ -84,8 +84,13 @@ def test_parameter_average_follows_its_rule_and_swaps_in_and_out():
     other = ParameterAverage([("w", w)], decay=0.9)
     other.load_state_dict(avg.state_dict())
     assert torch.equal(other.tensors[0], avg.tensors[0])
-    with pytest.raises(KeyError, match="w"):
+    with pytest.raises(ValueError, match="without: w"):
         other.load_state_dict({})
+    with pytest.raises(ValueError, match="of unknown parameters: v"):
+        other.load_state_dict({**avg.state_dict(), "v": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"with other shapes: w \(1,\)"):
+        other.load_state_dict({"w": torch.zeros(1)})  # copy_ alone would broadcast it
+    assert torch.equal(other.tensors[0], avg.tensors[0])  # unchanged by the refusals
 
 
 def test_moving_average_resumes_identically_and_is_what_is_sampled(tmp_path):
@@ -145,6 +150,17 @@ def test_a_checkpoint_with_a_foreign_average_is_refused_naming_it(tmp_path):
         with pytest.raises(InputFileError, match=r"step-00000100\.pt: parameter average "
                                                  r"without"):
             use()
+    name = next(iter(ckpt["average"]))  # an entry of another shape, in either place
+    payload["average"] = {**ckpt["average"], name: torch.zeros(1)}
+    save_checkpoint(tmp_path / "run" / "checkpoints", 101, payload)
+    for use in (lambda: load_model(tmp_path / "run"),
+                lambda: train(tmp_path / "run", "train.ema=0.8", "train.steps=200")):
+        with pytest.raises(InputFileError, match=r"step-00000101\.pt: .*other shapes"):
+            use()
+    payload["average"] = {**ckpt["average"], "bogus.weight": torch.zeros(1)}
+    save_checkpoint(tmp_path / "run" / "checkpoints", 102, payload)
+    with pytest.raises(InputFileError, match=r"step-00000102\.pt: .*unknown.*bogus"):
+        train(tmp_path / "run", "train.ema=0.8", "train.steps=200")  # resume, as sample
 
 
 def test_one_trainer_runs_in_stages(tmp_path):
