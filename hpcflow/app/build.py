@@ -23,7 +23,7 @@ from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 from .optim import ParameterAverage
 
-__all__ = ["build_action", "build_model", "load_average", "load_model", "protocol"]
+__all__ = ["build_action", "build_model", "load_model", "protocol", "restore_average"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -83,19 +83,14 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
     return flow.compile_layers() if cfg.distributed.compile else flow
 
 
-def load_average(model: torch.nn.Module, average: dict[str, torch.Tensor]) -> None:
-    """Overwrite ``model``'s parameters with a saved average (``ParameterAverage.state_dict``,
-    keyed by ``named_parameters`` names, one for every trained parameter, else ``ValueError``;
-    an empty one changes nothing). By parameter, not through ``load_state_dict``: a
-    parameter shared by several layers (a stochastic flow's stout schedule, ``sampler.knots``)
-    has one name there but one ``state_dict`` entry per layer, and the entries left raw would
-    overwrite the average."""
-    if not average:
-        return
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    kept = ParameterAverage(named, decay=0.0)  # checks names and shapes, like a resume
-    kept.load_state_dict(average)
-    kept.copy_to_parameters()
+def restore_average(average: ParameterAverage, ckpt: dict) -> None:
+    """Take over checkpoint ``ckpt``'s saved parameter average (``train.ema``; its names and
+    shapes checked by :meth:`ParameterAverage.load_state_dict`): a mismatch is an
+    :class:`InputFileError` naming the checkpoint. Used on resume and by :func:`load_model`."""
+    try:
+        average.load_state_dict(ckpt["average"])
+    except ValueError as err:
+        raise InputFileError(ckpt["path"], err.args[0]) from None
 
 
 def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
@@ -112,10 +107,13 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
-    try:
-        load_average(model, ckpt.get("average", {}))
-    except ValueError as err:
-        raise InputFileError(ckpt["path"], err.args[0]) from None
+    if ckpt.get("average"):
+        # by parameter, not through load_state_dict: a parameter shared by several layers (a
+        # stochastic flow's stout schedule, sampler.knots) has one entry in the average but
+        # one per layer in the state dict, and the raw copies would win
+        average = ParameterAverage.of(model)
+        restore_average(average, ckpt)
+        average.copy_to_parameters()
     if device is not None:
         model = model.to(device)
     model.eval()

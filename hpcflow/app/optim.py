@@ -72,6 +72,12 @@ class ParameterAverage:
         self.decay = float(decay)
         self.tensors = [p.detach().clone() for p in self.params]
 
+    @classmethod
+    def of(cls, model: torch.nn.Module, decay: float = 0.0) -> ParameterAverage:
+        """The average of ``model``'s trained parameters (those that require a gradient),
+        starting from their present values."""
+        return cls([(n, p) for n, p in model.named_parameters() if p.requires_grad], decay)
+
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Fold the current parameters in after optimizer step ``step`` (1-based)."""
@@ -83,14 +89,12 @@ class ParameterAverage:
         """The parameters hold the average inside the block, their own values again after."""
         with torch.no_grad():
             saved = [p.detach().clone() for p in self.params]
-            for p, a in zip(self.params, self.tensors, strict=True):
-                p.copy_(a)
+            torch._foreach_copy_(self.params, self.tensors)
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, s in zip(self.params, saved, strict=True):
-                    p.copy_(s)
+                torch._foreach_copy_(self.params, saved)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The average by parameter name (``named_parameters`` names; a parameter shared by

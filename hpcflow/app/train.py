@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from ..distributed import set_deterministic, set_float32_precision
-from ..errors import ConfigError, HpcflowError, InputFileError
+from ..errors import ConfigError, HpcflowError
 from ..estimators import ess, independence_metropolis, logsumexp
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
 from ..io.atomic import write_atomic
 from ..io.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
-from .build import build_action, build_model
+from .build import build_action, build_model, restore_average
 from .config import check_resumable
 from .context import RunContext
 from .metrics import MetricsLog, TensorBoardLog
@@ -163,13 +163,9 @@ class Trainer:
         else:
             comm.broadcast_model_(self.model)
         if self.tc.ema > 0 and self.params:
-            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            self.average = ParameterAverage(named, self.tc.ema)
+            self.average = ParameterAverage.of(self.model, self.tc.ema)
             if ckpt is not None and ckpt.get("average"):  # else: start from the parameters
-                try:
-                    self.average.load_state_dict(ckpt["average"])
-                except ValueError as err:
-                    raise InputFileError(ckpt["path"], err.args[0]) from None
+                restore_average(self.average, ckpt)
         if comm.is_root:
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
@@ -521,8 +517,7 @@ def dry_run(cfg, ctx: RunContext, ranks: int | None = None) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
         if tc.ema > 0:
-            kept.append(ParameterAverage([(n, p) for n, p in model.named_parameters()
-                                          if p.requires_grad], tc.ema))
+            kept.append(ParameterAverage.of(model, tc.ema))
 
     def eval_pass(n):
         with torch.no_grad():
