@@ -22,6 +22,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hpcflow", "hpcflow.*"]),
     include_package_data=True,
+    # the fused spline kernel's source, compiled on first use (hpcflow/flows/fused.py)
+    package_data={"hpcflow.flows": ["csrc/*.cpp"]},
     install_requires=[
         # A range: clusters bring their own CUDA/ROCm/XPU builds. The CPU install path
         # (Makefile) pins torch==2.13.0, see README.md.
@@ -31,6 +33,9 @@ setup(
         "pyyaml>=6.0",
         "h5py>=3.8",
         "tqdm>=4.60",
+        # torch's C++ extension loader builds the fused spline kernel with it (a C++ compiler
+        # is needed too; without one, model.splines: auto falls back to tensor operations)
+        "ninja>=1.11",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],

@@ -57,12 +57,14 @@ def _count_dispatch(fn) -> int:
 
 def _count_profiler(fn) -> int:
     """``aten::`` events, plus the kernels inductor generated (compiled path; their names hold
-    ``cpp_fused``, recorded with ``cpp.enable_kernel_profile``)."""
+    ``cpp_fused``, recorded with ``cpp.enable_kernel_profile``) and the fused spline kernel's
+    operators (``hpcflow::``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") or "cpp_fused" in e.name)
+    return sum(1 for e in prof.events()
+               if e.name.startswith(("aten::", "hpcflow::")) or "cpp_fused" in e.name)
 
 
 def _peak_tensor_mib(fn) -> float | None:
@@ -167,13 +169,15 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
 
 
 def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
-                float64: bool = False, count: bool = True) -> dict:
+                float64: bool = False, count: bool = True, overrides: tuple = ()) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code_root), OMP_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", "--configs", config, "--state", state,
            "--batch", str(8 if float64 else args.batch), "--repeats",
            str(0 if float64 else args.repeats)] + (["--compile"] if compiled else [])
     cmd += ["--set", "model.dtype=float64"] if float64 else []
     cmd += [] if count else ["--no-count"]
+    for item in overrides:
+        cmd += ["--set", item]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"worker failed for {config} ({code_root}):\n{out.stderr[-3000:]}")
@@ -190,6 +194,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="time every code this many times, in turn (the VM's speed drifts by "
                         "~20%% over minutes); the table gives the median")
+    p.add_argument("--torch-splines", action="store_true",
+                   help="also measure this tree with model.splines=torch (the splines as tensor "
+                        "operations instead of the fused kernel)")
     p.add_argument("--no-count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="perf/out/bench_ops.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -215,15 +222,18 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(base_root)], input=archive, check=True)
         for i, config in enumerate(args.configs):
             state = str(Path(tmp) / f"state{i}.pt")
-            codes = ([("baseline " + args.baseline, base_root, False)] if base_root else [])
-            codes += [("this tree", ROOT, False)]
-            codes += [("this tree, compiled", ROOT, True)] if args.compile else []
-            runs = [(name, _run_worker(root, args, config, compiled, state))
-                    for name, root, compiled in codes]
+            codes = ([("baseline " + args.baseline, base_root, False, ())] if base_root else [])
+            codes += [("this tree", ROOT, False, ())]
+            codes += ([("this tree, torch splines", ROOT, False, ("model.splines=torch",))]
+                      if args.torch_splines else [])
+            codes += [("this tree, compiled", ROOT, True, ())] if args.compile else []
+            runs = [(name, _run_worker(root, args, config, compiled, state, overrides=over))
+                    for name, root, compiled, over in codes]
             for _ in range(args.rounds - 1):  # the codes in turn again: times only
-                for (_name, root, compiled), (_, r) in zip(codes, runs, strict=True):
+                for (_name, root, compiled, over), (_, r) in zip(codes, runs, strict=True):
                     r.setdefault("step_ms_rounds", [r["step_ms"]]).append(_run_worker(
-                        root, args, config, compiled, state, count=False)["step_ms"])
+                        root, args, config, compiled, state, count=False,
+                        overrides=over)["step_ms"])
             for _, r in runs:
                 r["step_ms"] = statistics.median(r.get("step_ms_rounds", [r["step_ms"]]))
             # the same flow in float64 (its own parameters): log q of both codes to 1e-10

@@ -7,11 +7,13 @@ or a :class:`~hpcflow.flows.stochastic.StochasticFlow`), ``load_model(run_dir)``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import InputFileError
+from ..errors import ConfigError, InputFileError
+from ..flows.fused import fused_splines_error
 from ..flows.model import GaugeFlow, build_flow
 from ..flows.smearing import StoutSchedule, StoutSmearing, first_order_rho
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
@@ -23,7 +25,8 @@ from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 from .optim import ParameterAverage
 
-__all__ = ["build_action", "build_model", "load_model", "protocol", "restore_average"]
+__all__ = ["build_action", "build_model", "fused_splines", "load_model", "protocol",
+           "restore_average"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,12 +77,30 @@ def protocol(cfg: Config) -> list[float]:
     return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
 
 
+def fused_splines(choice: str) -> bool:
+    """``model.splines`` resolved: whether the flow's splines use the fused C++ kernel on CPU
+    tensors (:mod:`hpcflow.flows.fused`, built here on first use). ``auto``: where it builds,
+    else torch operations with a warning saying why; ``fused``: a :class:`ConfigError` where it
+    cannot be built; ``torch``: never."""
+    if choice == "torch":
+        return False
+    error = fused_splines_error()
+    if error is None:
+        return True
+    if choice == "fused":
+        raise ConfigError("model.splines", f"the fused spline kernel cannot be built here "
+                          f"({error}); use auto or torch")
+    warnings.warn(f"model.splines: the fused spline kernel cannot be built here ({error}); "
+                  "the splines run as torch operations (the same maps, slower)", stacklevel=2)
+    return False
+
+
 def _flow(cfg: Config, schedule) -> GaugeFlow:
     m = cfg.model
     flow = build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
-                      dtype=DTYPES[m.dtype], eig=m.eig)
+                      dtype=DTYPES[m.dtype], eig=m.eig, fused=fused_splines(m.splines))
     return flow.compile_layers() if cfg.distributed.compile else flow
 
 

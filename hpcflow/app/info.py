@@ -35,7 +35,18 @@ def info_rows() -> list[tuple[str, str]]:
         ("CPU threads (torch)", f"{torch.get_num_threads()} of {os.cpu_count()} cores"),
         ("CUDA", _cuda_status()),
         ("XPU", _xpu_status()),
+        ("fused splines", _fused_splines_status()),
     ]
+
+
+def _fused_splines_status() -> str:
+    """Whether the fused CPU spline kernel builds and loads here (``model.splines``); asking
+    builds it the first time (~15 s), so that training ranks find it in the cache."""
+    from ..flows.fused import fused_splines_error
+
+    error = fused_splines_error()
+    return "available (model.splines: auto uses it on CPUs)" if error is None else (
+        f"unavailable, tensor operations instead: {error}")
 
 
 def _version_of(module: str) -> str:

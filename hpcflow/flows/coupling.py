@@ -21,10 +21,14 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..lattice.loops import Path, path_indices, path_table, table_product
+from ..lattice.loops import Path, loop_matrix, path_indices, path_table, table_product
 from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
+
+# The largest loop matrix (entries) a layer keeps per table for a linear algebra (U(1)): 16 MiB
+# in float32. Larger lattices gather (``table_product``).
+MAX_MATRIX_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class GaugeCoupling(nn.Module):
     active loops of each update. A loop family then costs one gather and ``len - 1`` products
     for the whole batch (:func:`table_product`), whatever the number of loop shapes, and all
     active links of an update move together in one transform call and one ``index_copy``.
+    For U(1) on lattices small enough (``MAX_MATRIX_ENTRIES``), a loop is a signed sum of link
+    angles and each table is kept as a matrix instead (:func:`loop_matrix`): one matrix product
+    per loop family, forward and backward.
     """
 
     def __init__(self, plan: CouplingPlan, link_transform: LinkTransform, net: nn.Module):
@@ -76,6 +83,12 @@ class GaugeCoupling(nn.Module):
         volume = math.prod(lattice)
         # Tables are buffers: they follow the module to its device; not saved in checkpoints.
         self._buffer("feature_table", path_table(self.feature_paths, lattice))
+        n_links = len(lattice) * volume
+        self.linear = (link_transform.algebra.linear and n_links * len(self.feature_table)
+                       <= MAX_MATRIX_ENTRIES)
+        dtype = next(iter(net.parameters()), torch.empty(0)).dtype
+        if self.linear:
+            self._buffer("feature_matrix", loop_matrix(self.feature_table, n_links, dtype))
         self._buffer("feature_off", torch.stack([~s.reshape(volume) for _, s in plan.features])
                      .view(1, len(plan.features), 1, volume))
         # Update k: active loops of every assignment, the links they move, their parameters.
@@ -86,6 +99,9 @@ class GaugeCoupling(nn.Module):
             sites.append([i - a.mu * volume for i, a in zip(links[k], update, strict=True)])
             self._buffer(f"update_table_{k}", path_table([a.path for a in update], lattice,
                                                          [a.sites for a in update]))
+            if self.linear:
+                self._buffer(f"update_matrix_{k}",
+                             loop_matrix(getattr(self, f"update_table_{k}"), n_links, dtype))
             self._buffer(f"update_links_{k}", torch.cat(links[k]))
         # The context is needed at the active links' sites only: the network's last layer runs
         # there (``forward_at``: a quarter or half of the lattice, most of its multiplications).
@@ -107,13 +123,24 @@ class GaugeCoupling(nn.Module):
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
 
+    def _loops(self, extended: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """The frozen loops of the context (``k`` None) or the active loops of update ``k``:
+        ``[B, rows, *E]`` from the extended links, or from the links themselves by the loop
+        matrix (``self.linear``)."""
+        kind, suffix = ("feature", "") if k is None else ("update", f"_{k}")
+        if self.linear:  # links [B, Nd V] (U(1) angles): one product, no matmul wrapper
+            return torch.mm(extended, getattr(self, f"{kind}_matrix{suffix}"))
+        return table_product(extended, getattr(self, f"{kind}_table{suffix}"),
+                             self.link_transform.algebra)
+
     def _context(self, extended: torch.Tensor) -> torch.Tensor:
         """Transform parameters ``[B, S * K * len(directions), P]`` from the frozen loops of
-        the extended links, at the ``S`` sites of the active links (row ``(s * K + k) * D + d``:
-        the ``s``-th of those sites, update ``k``, direction ``directions[d]``)."""
+        the extended links (the links themselves where ``self.linear``), at the ``S`` sites of
+        the active links (row ``(s * K + k) * D + d``: the ``s``-th of those sites, update
+        ``k``, direction ``directions[d]``)."""
         lt = self.link_transform
         b, volume = extended.shape[0], math.prod(self.lattice)
-        w = table_product(extended, self.feature_table, lt.algebra)  # [B, F * V, *E]
+        w = self._loops(extended)  # [B, F * V, *E]
         f = lt.loop_features(w.view(b, len(self.feature_paths), volume, *w.shape[2:]))
         f = f.transpose(1, 2).masked_fill(self.feature_off, 0.0)  # [B, F, C, V]
         h = f.reshape(b, -1, *self.lattice)
@@ -169,7 +196,7 @@ class GaugeCoupling(nn.Module):
         lt = self.link_transform
         shape = x.shape
         flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
-        extended = lt.algebra.extend(flat)
+        extended = flat if self.linear else lt.algebra.extend(flat)
         if context is not None:
             params = _ReusedContext.apply(extended, context)
         elif keep is not None:
@@ -187,9 +214,9 @@ class GaugeCoupling(nn.Module):
             # Every loop of update k is read from the links before the update: no active loop
             # holds another link of the layer, so all of them move at once.
             if n > 0:
-                extended = lt.algebra.extend(flat)
+                extended = flat if self.linear else lt.algebra.extend(flat)
             links = getattr(self, f"update_links_{k}")
-            w = table_product(extended, getattr(self, f"update_table_{k}"), lt.algebra)
+            w = self._loops(extended, k)
             p = params.index_select(1, getattr(self, f"update_params_{k}"))
             w_new, log_j = lt.transform(w, p, inverse=inverse)
             flat = flat.index_copy(1, links, lt.update_link(flat.index_select(1, links), w, w_new))

@@ -156,31 +156,34 @@ def plan_from_layer(layer) -> CouplingPlan:
 
 
 def make_link_transform(group: Group, kind: str = "spline", bins: int = 8,
-                        eig: str = "closed") -> LinkTransform:
+                        eig: str = "closed", fused: bool = False) -> LinkTransform:
     """The transform family of a group: U(1) circular splines (``kind="spline"``) or NCP
     mixtures (``"ncp"``); SU(2)/SU(3) spectral splines with the eigen-decomposition ``eig``
-    (``"closed"`` or ``"eigh"``). Other choices raise ``ValueError``."""
+    (``"closed"`` or ``"eigh"``). ``fused``: splines by the fused C++ kernel on CPUs
+    (:mod:`hpcflow.flows.fused`). Other choices raise ``ValueError``."""
     if group.nc == 1:
-        return U1Transform(kind, bins)
+        return U1Transform(kind, bins, fused=fused)
     if kind != "spline":
         raise ValueError(f"the {kind!r} transform exists for U(1) only; SU(N) flows use "
                          "spectral splines")
-    return SUNTransform(group, bins, eig=eig)
+    return SUNTransform(group, bins, eig=eig, fused=fused)
 
 
 def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", bins: int = 8,
                hidden: Sequence[int] = (32, 32), kernel_size: int = 3,
                activation: str = "tanh", conv: str = "full", rank: int = 8,
-               dtype: torch.dtype = torch.float32, eig: str = "closed") -> GaugeFlow:
+               dtype: torch.dtype = torch.float32, eig: str = "closed",
+               fused: bool = False) -> GaugeFlow:
     """An untrained flow on the lattice of ``schedule`` (:func:`hpcflow.masks.build_schedule`):
     one coupling layer per mask layer, each with its context network
     (:func:`hpcflow.nn.build_context_net` with ``hidden``, ``kernel_size``, ``activation``,
-    ``conv``, ``rank``); ``eig``: the SU(N) eigen-decomposition (:func:`make_link_transform`).
+    ``conv``, ``rank``); ``eig``: the SU(N) eigen-decomposition, ``fused``: the splines by the
+    fused C++ kernel on CPUs (:func:`make_link_transform`).
     The last layer of every context network starts at zero, so a new flow is the identity map
     and its ``log q`` is exactly zero.
     """
     shape = tuple(schedule.shape)
-    link_transform = make_link_transform(group, transform, bins, eig)
+    link_transform = make_link_transform(group, transform, bins, eig, fused)
     layers = []
     for layer in schedule.layers:
         plan = plan_from_layer(layer)

@@ -329,7 +329,7 @@ def _pair_tables(upper: float, dtype: torch.dtype, device: torch.device,
 
 
 def _interval_map(
-    x: torch.Tensor, params: torch.Tensor, upper: float, inverse: bool
+    x: torch.Tensor, params: torch.Tensor, upper: float, inverse: bool, fused: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``interval_rqs`` on ``[0, upper]`` for the pair ``x = (x, upper - x): [..., 2]``, returning
     the pair ``(y, upper - y): [..., 2]`` and ``log dy/dx: [...]``.
@@ -338,6 +338,7 @@ def _interval_map(
     (``upper - y = g(upper - x)``; its ``interval_rqs`` parameters are the widths, heights and
     the K+1 slopes in reverse order), so that ``upper - y`` keeps its relative precision next
     to ``upper`` as ``y`` does next to 0: the Weyl ratios below divide such small distances.
+    ``fused``: evaluate the spline with the fused kernel (:func:`interval_rqs`).
     """
     inference = in_inference_mode()
     index = _reflection((params.shape[-1] - 1) // 3, params.device, inference)
@@ -348,7 +349,7 @@ def _interval_map(
         near, flip = near.expand(shape), flip.expand(shape)
         params = params.expand(*shape, params.shape[-1])
     yy, ld = interval_rqs(near, params.to(x.dtype).gather(-1, index[flip]), lower=0.0,
-                          upper=upper, inverse=inverse)
+                          upper=upper, inverse=inverse, fused=fused)
     # (yy, upper - yy), or (upper - yy, yy) where flipped
     return torch.addcmul(offset[flip], yy[..., None], sign[flip]), ld
 
@@ -391,7 +392,7 @@ def n_params_su2(bins: int) -> int:
 
 
 def su2_spectral(
-    phi: torch.Tensor, params: torch.Tensor, *, inverse: bool = False
+    phi: torch.Tensor, params: torch.Tensor, *, inverse: bool = False, fused: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spectral map of SU(2): ``theta' = RQS(theta)`` on ``[0, pi]`` with fixed end points.
 
@@ -403,6 +404,7 @@ def su2_spectral(
         phi: ``[..., 2]`` eigen-angles (any order, from :func:`unitary_eig`).
         params: ``[..., 3K + 1]`` the ``interval_rqs`` parameters; zero gives the identity.
         inverse: apply the inverse map (``phi`` are then the angles of ``W'``).
+        fused: the spline by the fused C++ kernel on CPUs (:func:`interval_rqs`).
 
     Returns:
         ``phi': [..., 2]`` in the order of ``phi`` (eigenvector ``k`` keeps its index) and
@@ -414,7 +416,7 @@ def su2_spectral(
     # (theta, pi - theta) / pi = c_0 + (y - x) c_1, theta = (y - x) / 2
     theta = math.pi * _clamp01(torch.addcmul(c.unit_pair[0], (s * c.su2_sign).sum(-1, True),
                                              c.unit_pair[1]))
-    theta_new, ld = _interval_map(theta, params, math.pi, inverse)
+    theta_new, ld = _interval_map(theta, params, math.pi, inverse, fused)
     if inverse:  # theta_new is the preimage
         log_j = -_su2_log_j(theta_new, theta, -ld)
     else:
@@ -510,7 +512,8 @@ def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Ten
 
 
 def su3_spectral(
-    phi: torch.Tensor, params: torch.Tensor, *, bins: int, modes: int, inverse: bool = False
+    phi: torch.Tensor, params: torch.Tensor, *, bins: int, modes: int, inverse: bool = False,
+    fused: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spectral map of SU(3) on the canonical cell (arXiv:2008.05456; docs/physics.md).
 
@@ -550,6 +553,7 @@ def su3_spectral(
         params: ``[..., n_params_su3(bins, modes)]``; zero gives the identity.
         bins, modes: spline bins ``K`` and series length ``M``.
         inverse: apply the inverse map.
+        fused: the splines by the fused C++ kernel on CPUs (:func:`interval_rqs`).
 
     Returns:
         ``phi': [..., 3]`` in the order of ``phi`` and ``log J: [...]`` of the map applied.
@@ -559,12 +563,12 @@ def su3_spectral(
     coeff_w, coeff_r = _su3_coefficients(params.to(s.dtype), bins, modes)
     if inverse:
         w_new, r_new = w, r
-        r, ld_r = _interval_map(r_new, _series(w_new[..., 0], coeff_r, False), 1.0, True)
-        w, ld_w = _interval_map(w_new, _series(r[..., 0], coeff_w, True), 1.0, True)
+        r, ld_r = _interval_map(r_new, _series(w_new[..., 0], coeff_r, False), 1.0, True, fused)
+        w, ld_w = _interval_map(w_new, _series(r[..., 0], coeff_w, True), 1.0, True, fused)
         log_j = -_su3_log_j(w, r, w_new, r_new, -ld_w, -ld_r)
         return _unsort(su3_from_cell(w[..., 0], r[..., 0]), perm), log_j
-    w_new, ld_w = _interval_map(w, _series(r[..., 0], coeff_w, True), 1.0, False)
-    r_new, ld_r = _interval_map(r, _series(w_new[..., 0], coeff_r, False), 1.0, False)
+    w_new, ld_w = _interval_map(w, _series(r[..., 0], coeff_w, True), 1.0, False, fused)
+    r_new, ld_r = _interval_map(r, _series(w_new[..., 0], coeff_r, False), 1.0, False, fused)
     log_j = _su3_log_j(w, r, w_new, r_new, ld_w, ld_r)
     return _unsort(su3_from_cell(w_new[..., 0], r_new[..., 0]), perm), log_j
 
@@ -622,10 +626,12 @@ class SUNTransform(LinkTransform):
     Features per frozen loop (``n_features = 2 (N - 1)``):
     ``[Re tr W, Im tr W, ..., Re tr W^{N-1}, Im tr W^{N-1}] / N``, gauge invariant and enough
     to fix the spectrum of an SU(N) matrix. ``eig``: the ``method`` of :func:`unitary_eig`
-    (``"closed"`` or ``"eigh"``; the flow agrees between them to rounding).
+    (``"closed"`` or ``"eigh"``; the flow agrees between them to rounding). ``fused``: the
+    splines by the fused C++ kernel on CPUs (:mod:`hpcflow.flows.fused`; same map to rounding).
     """
 
-    def __init__(self, group: Group, bins: int = 8, *, modes: int = 2, eig: str = "closed"):
+    def __init__(self, group: Group, bins: int = 8, *, modes: int = 2, eig: str = "closed",
+                 fused: bool = False):
         if not isinstance(group, SUN) or group.nc not in (2, 3):
             raise ValueError(f"SUNTransform supports SU(2) and SU(3), got {group!r}")
         if bins < 1 or modes < 1:
@@ -634,6 +640,7 @@ class SUNTransform(LinkTransform):
             raise ValueError(f"SUNTransform: eig must be one of {sorted(_EIG_METHODS)}, "
                              f"got {eig!r}")
         self.eig = eig
+        self.fused = bool(fused)
         self.group = group
         self.algebra = group
         self.nc = group.nc
@@ -661,8 +668,9 @@ class SUNTransform(LinkTransform):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The eigen-angle map ``phi [..., N] -> (phi' [..., N], log J [...])``."""
         if self.nc == 2:
-            return su2_spectral(phi, params, inverse=inverse)
-        return su3_spectral(phi, params, bins=self.bins, modes=self.modes, inverse=inverse)
+            return su2_spectral(phi, params, inverse=inverse, fused=self.fused)
+        return su3_spectral(phi, params, bins=self.bins, modes=self.modes, inverse=inverse,
+                            fused=self.fused)
 
     def transform(self, w, params, *, inverse=False):
         """``w: [B, n, N, N]``, ``params: [B, n, n_params]`` -> ``(w' [B, n, N, N], log J [B, n])``.

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .fused import MAX_BINS, load_fused_splines
+
 __all__ = [
     "circular_rqs",
     "interval_rqs",
@@ -299,6 +301,60 @@ class _RQS(torch.autograd.Function):
         return g_in, torch.cat(parts, dim=-1), None, None, None, None, None, None
 
 
+class _FusedRQS(torch.autograd.Function):
+    """`_RQS` by the fused C++ kernel (:mod:`hpcflow.flows.fused`, ``csrc/rqs.cpp``): one
+    operator call forward, one backward; the same maps and derivatives to rounding. Saves the
+    input, the parameters and the softmax of the widths and heights ``[..., 2, K]``."""
+
+    @staticmethod
+    def forward(ctx, x, params, k, lower, upper, mins, inverse, circular):
+        x, params = x.contiguous(), params.contiguous()
+        spec = (k, lower, upper, *mins, inverse, circular)
+        out, logdet, prob = torch.ops.hpcflow.rqs_forward(x, params, *spec)
+        ctx.save_for_backward(x, params, prob)
+        ctx.spec = spec
+        return out, logdet
+
+    @staticmethod
+    def backward(ctx, g_out, g_logdet):
+        if torch.is_grad_enabled():  # create_graph: first order only, as _RQS
+            raise RuntimeError(
+                "circular_rqs / interval_rqs: second derivatives are not implemented (the fused "
+                "kernel's backward is first order); differentiate without create_graph=True")
+        x, params, prob = ctx.saved_tensors
+        # the kernel reads contiguous cotangents and those broadcast along the last axis (the
+        # backward of a sum over it, as the coupling layers sum log-derivatives): no copy
+        g_out = torch.zeros_like(x) if g_out is None else _readable(g_out)
+        g_logdet = torch.zeros_like(x) if g_logdet is None else _readable(g_logdet)
+        g_x, g_params = torch.ops.hpcflow.rqs_backward(x, params, prob, g_out, g_logdet,
+                                                       *ctx.spec)
+        return g_x, g_params, None, None, None, None, None, None
+
+
+def _readable(g: torch.Tensor) -> torch.Tensor:
+    """``g`` itself where the fused backward reads it in place (contiguous, or broadcast along
+    its last axis over contiguous leading axes), else a contiguous copy."""
+    if g.is_contiguous() or g.dim() == 0 or g.stride(-1) != 0:
+        return g.contiguous()
+    expected = 1
+    for size, stride in zip(reversed(g.shape[:-1]), reversed(g.stride()[:-1]), strict=True):
+        if size != 1 and stride != expected:
+            return g.contiguous()
+        expected *= size
+    return g
+
+
+def _spline(x, params, k, lower, upper, mins, inverse, circular, fused):
+    """`_FusedRQS` where ``fused`` and the kernel applies (CPU, float32/float64, at most
+    ``MAX_BINS`` bins, not traced by ``torch.compile``, which fuses the operations of `_RQS`
+    itself), else `_RQS`."""
+    if (fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and k <= MAX_BINS and not torch.compiler.is_compiling()):
+        load_fused_splines()
+        return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
+    return _RQS.apply(x, params, k, lower, upper, mins, inverse, circular)
+
+
 # ------------------------------------------------------------------------------------------------
 # Public transforms
 # ------------------------------------------------------------------------------------------------
@@ -312,6 +368,7 @@ def circular_rqs(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_slope: float = 1e-3,
+    fused: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Circular rational-quadratic spline with bias, a bijection of the circle [0, 2 pi).
 
@@ -328,6 +385,8 @@ def circular_rqs(
             heights; knot slopes `d_k = min_slope + softplus(ud_k + log(expm1(1 - min_slope)))`,
             k = 0..K-1, and `d_K = d_0` so the derivative is continuous across 0 = 2 pi.
         inverse: apply the inverse map.
+        fused: evaluate CPU tensors with the fused C++ kernel (:mod:`hpcflow.flows.fused`; built
+            on first use, raises ``RuntimeError`` where it cannot be); the same map to rounding.
 
     Forward: `phi = (RQS(theta mod 2 pi) + b) mod 2 pi`.
     Inverse: `theta = RQS^-1((phi - b) mod 2 pi)`.
@@ -342,8 +401,8 @@ def circular_rqs(
     k = _n_bins(params.shape[-1], 1, name)
     _check_minima(k, min_width, min_height, min_slope, name)
     theta, params = _broadcast_to(theta, params)
-    return _RQS.apply(theta, params, k, 0.0, _TWO_PI, (min_width, min_height, min_slope),
-                      inverse, True)
+    return _spline(theta, params, k, 0.0, _TWO_PI, (min_width, min_height, min_slope), inverse,
+                   True, fused)
 
 
 def interval_rqs(
@@ -356,6 +415,7 @@ def interval_rqs(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_slope: float = 1e-3,
+    fused: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monotone rational-quadratic spline on [lower, upper] with fixed end points.
 
@@ -372,6 +432,7 @@ def interval_rqs(
             slopes are free). Same normalisation as `circular_rqs`; zero params give the identity.
         lower, upper: the interval, lower < upper.
         inverse: apply the inverse map.
+        fused: as for `circular_rqs`.
 
     Returns:
         out: [...] in [lower, upper], dtype of x.
@@ -384,8 +445,8 @@ def interval_rqs(
     _check_minima(k, min_width, min_height, min_slope, name)
     x, params = _broadcast_to(x, params)
     # the output needs no clamp: lerp between two knots with xi in [0, 1] stays between them
-    return _RQS.apply(x, params, k, float(lower), float(upper),
-                      (min_width, min_height, min_slope), inverse, False)
+    return _spline(x, params, k, float(lower), float(upper), (min_width, min_height, min_slope),
+                   inverse, False, fused)
 
 
 def _ncp_eval(

@@ -56,16 +56,19 @@ class U1Transform(LinkTransform):
     spline with bias"), or a mixture of non-compact projections (arXiv:2003.06413).
 
     The Haar measure of U(1) is ``d phi / 2 pi``, so ``log J = log d phi' / d phi``.
+    ``fused``: splines by the fused C++ kernel on CPUs (:mod:`hpcflow.flows.fused`; same map to
+    rounding).
     """
 
     group = U1()
     algebra = Angles()
     n_features = 2
 
-    def __init__(self, kind: str = "spline", bins: int = 8):
+    def __init__(self, kind: str = "spline", bins: int = 8, *, fused: bool = False):
         if kind not in ("spline", "ncp"):
             raise ValueError(f"unknown U(1) transform {kind!r}; expected spline or ncp")
         self.kind = kind
+        self.fused = bool(fused)
         self.n_params = n_params_circular(bins) if kind == "spline" else n_params_ncp(bins)
 
     def to_internal(self, links):
@@ -78,8 +81,9 @@ class U1Transform(LinkTransform):
         return torch.stack([torch.cos(w), torch.sin(w)], dim=1)
 
     def transform(self, w, params, *, inverse=False):
-        fn = circular_rqs if self.kind == "spline" else ncp_mixture
-        return fn(w, params, inverse=inverse)
+        if self.kind == "spline":
+            return circular_rqs(w, params, inverse=inverse, fused=self.fused)
+        return ncp_mixture(w, params, inverse=inverse)
 
     def update_link(self, u, w_old, w_new):
         return torch.remainder(u + (w_new - w_old), 2 * math.pi)

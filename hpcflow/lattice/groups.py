@@ -39,6 +39,9 @@ class Algebra:
     """
 
     elem_dims: int = 2
+    linear: bool = False
+    """Whether a path product is a linear function of the links (U(1) angles: a signed sum),
+    so that a table of paths is a matrix (:func:`hpcflow.lattice.loops.loop_matrix`)."""
 
     def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -68,6 +71,7 @@ class Angles(Algebra):
     """U(1) on angles: the product of phases is the sum of angles; the inverse is the negative."""
 
     elem_dims = 0
+    linear = True
 
     def mul(self, a, b):
         return a + b

@@ -43,6 +43,7 @@ __all__ = [
     "path_product",
     "path_indices",
     "path_table",
+    "loop_matrix",
     "table_product",
     "closed_loop_trace",
     "reroot",
@@ -217,6 +218,24 @@ def path_table(paths, shape, sites=None) -> torch.Tensor:
         pad = torch.full((row.shape[0], width - row.shape[1]), 2 * n_links, dtype=torch.long)
         rows.append(torch.cat([row, pad], dim=1))
     return torch.cat(rows).t().contiguous().t()
+
+
+def loop_matrix(table: torch.Tensor, n_links: int, dtype: torch.dtype) -> torch.Tensor:
+    """The paths of a :func:`path_table` as a matrix, for algebras whose product is a sum
+    (``Algebra.linear``, U(1) angles): ``[n_links, n]`` with entry ``(l, i)`` the number of
+    times path ``i`` crosses link ``l`` forward minus backward, so that
+    ``flat @ loop_matrix(...)`` (``flat: [B, n_links]``) equals :func:`table_product` of the
+    extended links: one matrix product forward and one backward instead of a gather, a sum and
+    their backwards (issue 19). Dense: ``n_links * n`` entries."""
+    rows = torch.arange(table.shape[0]).unsqueeze(1).expand_as(table)
+    forward, backward = table < n_links, (table >= n_links) & (table < 2 * n_links)
+    out = torch.zeros(n_links, table.shape[0], dtype=dtype)
+    ones = torch.ones((), dtype=dtype)
+    out.index_put_((table[forward], rows[forward]), ones.expand(int(forward.sum())),
+                   accumulate=True)
+    out.index_put_((table[backward] - n_links, rows[backward]), -ones.expand(int(backward.sum())),
+                   accumulate=True)
+    return out
 
 
 def table_product(extended: torch.Tensor, table: torch.Tensor, algebra: Algebra) -> torch.Tensor:

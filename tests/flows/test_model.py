@@ -216,7 +216,7 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
         assert layer.head_at and layer.n_sites < math.prod(layer.lattice)
         flat = links.reshape(2, -1, *links.shape[2 + len(layer.lattice):])
         extended = lt.algebra.extend(flat)
-        params = layer._context(extended)
+        params = layer._context(flat if layer.linear else extended)  # U(1): loop matrices
         volume = math.prod(layer.lattice)
         # the whole network's output at every site
         full = layer.net[-1](_body(layer, extended)).reshape(2, -1, lt.n_params, volume)
@@ -224,7 +224,8 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
         other = GaugeCoupling(plan_from_layer(masks), lt, torch.nn.Sequential(*layer.net,
                                                                               torch.nn.Identity()))
         assert not other.head_at
-        torch.testing.assert_close(other._context(extended), params, rtol=0, atol=1e-12)
+        torch.testing.assert_close(other._context(flat if other.linear else extended), params,
+                                   rtol=0, atol=1e-12)
         dirs = len(layer.directions)
         for k in range(layer.n_updates):
             got = params.index_select(1, getattr(layer, f"update_params_{k}"))
@@ -285,6 +286,42 @@ def test_path_gradient_with_reused_contexts_equals_full_inverse_pass(nd, extra):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     scale = max(g.abs().max() for g in want_grads)
     assert scale > 1e-3
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("nd, extra", [(2, ("model.multi_update=2",)), (3, ()), (4, ()),
+                                       (3, (TWO_DIRECTIONS, "model.multi_update=2"))])
+def test_u1_loop_matrices_equal_the_gathered_loops(nd, extra, monkeypatch):
+    """U(1) layers keep their loop tables as matrices (one product per loop family) where they
+    fit: samples, log q, the path-gradient objective and every parameter's gradient equal
+    those of layers that gather the extended links (``MAX_MATRIX_ENTRIES = 0``), float64."""
+    from hpcflow import build_action
+    from hpcflow.app.propose import path_log_prob
+    from hpcflow.flows import coupling
+
+    cfg, model = make_flow(nd, *extra)
+    monkeypatch.setattr(coupling, "MAX_MATRIX_ENTRIES", 0)
+    _, gathering = make_flow(nd, *extra)
+    gathering.load_state_dict(model.state_dict())
+    assert all(layer.linear for layer in model.layers)
+    assert not any(layer.linear for layer in gathering.layers)
+    action = build_action(cfg)
+    z = model.prior(range(3), seed=5, stream=1)
+
+    def run(flow):
+        flow.zero_grad()
+        u, logdet = flow(z)
+        back, inv_logdet = flow.inverse(u.detach())
+        u2, _, contexts = flow.forward_keeping_contexts(z)
+        (path_log_prob(flow, u2, contexts) + action(u2) - logdet).sum().backward()
+        return (u, logdet, back, inv_logdet), [p.grad.clone() for p in flow.parameters()]
+
+    (got, got_grads), (want, want_grads) = run(model), run(gathering)
+    assert (want[1] - want[1].mean()).abs().max() > 1e-3  # a non-trivial flow
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-10)
+    scale = max(g.abs().max() for g in want_grads)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10 * scale)
 

@@ -6,6 +6,7 @@ N(0, 2^2), which reaches slopes down to ~1e-6: a round trip x -> y -> x then can
 and the well-conditioned direction y -> x -> y absolutely.
 """
 
+import functools
 import math
 
 import pytest
@@ -24,9 +25,13 @@ TWO_PI = 2.0 * math.pi
 F64 = torch.float64
 ULP = torch.finfo(F64).eps
 
-# (map, number of parameters for k bins / components); both are bijections of the circle.
+# (map, number of parameters for k bins / components); all are bijections of the circle. The
+# circular spline twice: as tensor operations and by the fused C++ kernel (tests/flows/
+# test_fused.py compares the two directly).
 CIRCLE_MAPS = [
     pytest.param(circular_rqs, n_params_circular, id="circular_rqs"),
+    pytest.param(functools.partial(circular_rqs, fused=True), n_params_circular,
+                 id="circular_rqs_fused"),
     pytest.param(ncp_mixture, n_params_ncp, id="ncp_mixture"),
 ]
 INTERVALS = [(0.0, math.pi), (0.0, 1.0), (-1.5, 2.0)]
@@ -269,86 +274,96 @@ def _interval_points(n: int, lower: float, upper: float, seed: int) -> torch.Ten
     return torch.cat([special, uniform])
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("lower, upper", INTERVALS)
 @pytest.mark.parametrize("k", [1, 2, 5, 8])
-def test_interval_round_trip(lower, upper, k):
+def test_interval_round_trip(fused, lower, upper, k):
     """inverse(forward(x)) = x (relative to the condition number) and forward(inverse(y)) = y,
     with cancelling log-derivatives, for random params."""
+    spline = functools.partial(interval_rqs, fused=fused)
     n = 2000
     p = _params(n, n_params_interval(k), seed=50 + k)
     x = _interval_points(n, lower, upper, seed=60 + k)
-    y, ld = interval_rqs(x, p, lower=lower, upper=upper)
-    back, ild = interval_rqs(y, p, lower=lower, upper=upper, inverse=True)
+    y, ld = spline(x, p, lower=lower, upper=upper)
+    back, ild = spline(y, p, lower=lower, upper=upper, inverse=True)
     cond = torch.exp(-ld).clamp_min(1.0)
     assert ((back - x).abs() / cond).max() < 1e-10
-    assert (interval_rqs(back, p, lower=lower, upper=upper)[1] + ild).abs().max() < 1e-10
-    back, ild = interval_rqs(x, p, lower=lower, upper=upper, inverse=True)
-    again, ld = interval_rqs(back, p, lower=lower, upper=upper)
+    assert (spline(back, p, lower=lower, upper=upper)[1] + ild).abs().max() < 1e-10
+    back, ild = spline(x, p, lower=lower, upper=upper, inverse=True)
+    again, ld = spline(back, p, lower=lower, upper=upper)
     assert (again - x).abs().max() < 1e-10
     assert (ld + ild).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("lower, upper", INTERVALS)
 @pytest.mark.parametrize("inverse", [False, True])
-def test_interval_logdet_matches_autograd(lower, upper, inverse):
+def test_interval_logdet_matches_autograd(fused, lower, upper, inverse):
     """The reported log-derivative equals log d out / d in from autograd."""
+    spline = functools.partial(interval_rqs, fused=fused)
     k, n = 6, 2000
     p = _params(n, n_params_interval(k), seed=71)
     x = _interval_points(n, lower, upper, seed=72)
     auto, logdet = _autograd_logderiv(
-        lambda t: interval_rqs(t, p, lower=lower, upper=upper, inverse=inverse), x
+        lambda t: spline(t, p, lower=lower, upper=upper, inverse=inverse), x
     )
     assert (auto - logdet).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("lower, upper", INTERVALS)
 @pytest.mark.parametrize("inverse", [False, True])
-def test_interval_fixed_end_points_and_monotone(lower, upper, inverse):
+def test_interval_fixed_end_points_and_monotone(fused, lower, upper, inverse):
     """lower -> lower and upper -> upper exactly; on a sorted grid the map strictly increases and
     stays inside [lower, upper]."""
+    spline = functools.partial(interval_rqs, fused=fused)
     k, n_maps = 7, 8
     p = _params(n_maps, n_params_interval(k), seed=81)[:, None, :]
     ends = torch.tensor([lower, upper], dtype=F64)
-    out, _ = interval_rqs(ends, p, lower=lower, upper=upper, inverse=inverse)
+    out, _ = spline(ends, p, lower=lower, upper=upper, inverse=inverse)
     # forward: exact (lerp hits the knots); inverse: the quadratic solve may cost an ulp or two
     assert (out - ends).abs().max() <= (0.0 if not inverse else 4 * ULP * (upper - lower))
     grid = torch.linspace(lower, upper, 2001, dtype=F64)
-    out, _ = interval_rqs(grid, p, lower=lower, upper=upper, inverse=inverse)
+    out, _ = spline(grid, p, lower=lower, upper=upper, inverse=inverse)
     assert (torch.diff(out, dim=-1) > 0).all()
     assert (out >= lower).all() and (out <= upper).all()
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("lower, upper", INTERVALS)
 @pytest.mark.parametrize("inverse", [False, True])
-def test_interval_identity_at_zero_params(lower, upper, inverse):
+def test_interval_identity_at_zero_params(fused, lower, upper, inverse):
     """Zero parameters give the identity with log-derivative 0."""
+    spline = functools.partial(interval_rqs, fused=fused)
     x = _interval_points(500, lower, upper, seed=91)
-    out, logdet = interval_rqs(
+    out, logdet = spline(
         x, torch.zeros(n_params_interval(4), dtype=F64), lower=lower, upper=upper, inverse=inverse
     )
     assert (out - x).abs().max() < 1e-12
     assert logdet.abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
 @pytest.mark.parametrize("lower, upper", INTERVALS)
 @pytest.mark.parametrize("inverse", [False, True])
-def test_interval_clamps_round_off_outside(lower, upper, inverse):
+def test_interval_clamps_round_off_outside(fused, lower, upper, inverse):
     """Inputs a round-off outside [lower, upper] are clamped: the output is the end point and the
     log-derivative is the (finite) end slope, not NaN, also for autograd."""
+    spline = functools.partial(interval_rqs, fused=fused)
     k, n = 5, 10
     p = _params(n, n_params_interval(k), seed=101)
     span = upper - lower
     x = torch.tensor([lower - 1e-13 * span, upper + 1e-13 * span] * (n // 2), dtype=F64)
     ends = torch.tensor([lower, upper] * (n // 2), dtype=F64)
-    out, logdet = interval_rqs(x, p, lower=lower, upper=upper, inverse=inverse)
-    out_end, logdet_end = interval_rqs(ends, p, lower=lower, upper=upper, inverse=inverse)
+    out, logdet = spline(x, p, lower=lower, upper=upper, inverse=inverse)
+    out_end, logdet_end = spline(ends, p, lower=lower, upper=upper, inverse=inverse)
     assert (out == out_end).all()
     assert (out - ends).abs().max() <= 4 * ULP * (upper - lower)
     assert torch.isfinite(logdet).all()
     assert (logdet == logdet_end).all()
     # the clamp only removes round-off: autograd still sees the end slope, not zero
     auto, logdet = _autograd_logderiv(
-        lambda t: interval_rqs(t, p, lower=lower, upper=upper, inverse=inverse), x
+        lambda t: spline(t, p, lower=lower, upper=upper, inverse=inverse), x
     )
     assert (auto - logdet).abs().max() < 1e-10
 

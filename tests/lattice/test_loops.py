@@ -11,6 +11,7 @@ from hpcflow.lattice.loops import (
     LOOP_SHAPES,
     closed_loop_trace,
     link_offsets,
+    loop_matrix,
     loops_of_shape,
     path_indices,
     path_product,
@@ -114,6 +115,9 @@ def test_one_table_for_many_paths_equals_walker(name, nd):
     expected_a = torch.cat([path_product(theta, p, Angles())[:, s] for p, s in pairs], dim=1)
     assert torch.allclose(w, expected_w, atol=1e-12)
     assert torch.allclose(a, expected_a, atol=1e-12)
+    # U(1): the same table as a matrix (signed link counts) gives the same angles
+    m = loop_matrix(table, nd * math.prod(shape), torch.float64)
+    assert torch.allclose(theta.reshape(2, -1) @ m, expected_a, atol=1e-12)
 
 
 @pytest.mark.parametrize("nd", [2, 3, 4])
@@ -287,3 +291,27 @@ def test_table_product_gradient_equals_walker(name):
         g1, = torch.autograd.grad((got.real * weight).sum(), x)
         g2, = torch.autograd.grad((want.real * weight).sum(), x)
         torch.testing.assert_close(g1, g2, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_loop_matrix_counts_links_with_sign_including_repeats(nd):
+    """On a lattice of extent 2 a long loop crosses a link twice (forward and back, or twice
+    forward through the periodic boundary): the matrix holds the net count, and its product
+    equals the walker's angle and gradient."""
+    shape = (2,) * nd
+    gen = torch.Generator().manual_seed(21)
+    paths = [loop.path for sh in LOOP_SHAPES for loop in loops_of_shape(sh, nd)]
+    table = path_table(paths, shape)
+    n_links = nd * math.prod(shape)
+    m = loop_matrix(table, n_links, torch.float64)
+    assert m.shape == (n_links, table.shape[0])
+    assert set(m.unique().tolist()) <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    theta = (torch.rand((2, nd, *shape), generator=gen, dtype=torch.float64) * 6.3
+             ).requires_grad_(True)
+    got = theta.reshape(2, -1) @ m
+    want = torch.cat([path_product(theta, p, Angles()).flatten(1, nd) for p in paths], dim=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    weight = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    g1, = torch.autograd.grad((got * weight).sum(), theta)
+    g2, = torch.autograd.grad((want * weight).sum(), theta)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)

@@ -1,0 +1,67 @@
+"""The fused spline kernel: `csrc/rqs.cpp`, built on first use and loaded as torch operators.
+
+``torch.ops.hpcflow.rqs_forward`` / ``rqs_backward`` evaluate the rational-quadratic splines of
+:mod:`hpcflow.flows.splines` (circular with bias, and on an interval; forward and inverse) and
+their backward in one pass over the elements, on CPU tensors of float32 or float64: one
+operator call forward and one backward instead of ~40 and ~95 tensor operations (issue 19),
+and about half the time at the sizes of a training step (perf/RESULTS.md).
+
+The source is compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
+needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
+process asks for it, ~15 s, and cached under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) keyed by the source and the flags: later processes load the
+cached library in well under a second, and concurrent MPI ranks wait for one build (the loader
+locks its build folder). Configuration key ``model.splines`` chooses (docs/config.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+__all__ = ["fused_splines_error", "load_fused_splines"]
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "rqs.cpp"
+MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
+
+
+def _ninja_on_path() -> None:
+    """Put the ``ninja`` package's binary on ``PATH`` when none is there (a virtual
+    environment's ``bin`` is not on ``PATH`` unless it is activated)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def fused_splines_error() -> str | None:
+    """Build (once per source and machine) and load the kernel into this process. ``None`` when
+    ``torch.ops.hpcflow.rqs_forward`` is ready, else why it is not (no compiler, no ninja, a
+    build error): the message of the failure."""
+    if hasattr(torch.ops.hpcflow, "rqs_forward"):
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        _ninja_on_path()
+        cpp_extension.load(name="hpcflow_rqs", sources=[str(SOURCE)], extra_cflags=["-O3"],
+                           is_python_module=False, verbose=False)
+    except Exception as err:  # noqa: BLE001 - any failure means "not available", with its reason
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[-1] if text else ''}".strip()
+    return None
+
+
+def load_fused_splines() -> None:
+    """Load the kernel or raise ``RuntimeError`` saying why it cannot be built."""
+    error = fused_splines_error()
+    if error is not None:
+        raise RuntimeError(f"the fused spline kernel ({SOURCE.name}) cannot be built: {error}")
