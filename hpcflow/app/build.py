@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed.device import accelerator_available
 from ..errors import ConfigError, InputFileError
 from ..flows.fused import fused_splines_error
 from ..flows.model import GaugeFlow, build_flow
@@ -77,12 +78,15 @@ def protocol(cfg: Config) -> list[float]:
     return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
 
 
-def fused_splines(choice: str) -> bool:
+def fused_splines(choice: str, device: str = "cpu") -> bool:
     """``model.splines`` resolved: whether the flow's splines use the fused C++ kernel on CPU
     tensors (:mod:`hpcflow.flows.fused`, built here on first use). ``auto``: where it builds,
-    else torch operations with a warning saying why; ``fused``: a :class:`ConfigError` where it
-    cannot be built; ``torch``: never."""
-    if choice == "torch":
+    else torch operations with a warning saying why, and not at all for a run on an
+    accelerator (``device``: ``distributed.device``; ``auto`` with a GPU present), which has no
+    use for it; ``fused``: a :class:`ConfigError` where it cannot be built; ``torch``: never."""
+    on_accelerator = device in ("cuda", "xpu") or (
+        device == "auto" and (accelerator_available("cuda") or accelerator_available("xpu")))
+    if choice == "torch" or (choice == "auto" and on_accelerator):
         return False
     error = fused_splines_error()
     if error is None:
@@ -100,7 +104,8 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
     flow = build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
-                      dtype=DTYPES[m.dtype], eig=m.eig, fused=fused_splines(m.splines))
+                      dtype=DTYPES[m.dtype], eig=m.eig,
+                      fused=fused_splines(m.splines, cfg.distributed.device))
     return flow.compile_layers() if cfg.distributed.compile else flow
 
 

@@ -162,8 +162,8 @@ class ModelConfig:
     rqs.cpp`` (one operator call forward and one backward per spline; built by torch's extension
     loader on first use, ~15 s, then cached under ``TORCH_EXTENSIONS_DIR``; needs a C++
     compiler); ``torch``, tensor operations; ``auto``, fused where it builds, else torch with a
-    warning. Same maps to rounding. GPU tensors and compiled layers (``distributed.compile``)
-    use torch operations."""
+    warning (not built at all for a run on a GPU). Same maps to rounding. GPU tensors and
+    compiled layers (``distributed.compile``) use torch operations."""
     net: NetConfig = field(default_factory=NetConfig)
     dtype: Literal["auto", "float32", "float64"] = "auto"
     """Precision of the flow's parameters and arithmetic. ``auto``: float32 for U(1), float64

@@ -26,9 +26,12 @@ from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
 
-# The largest loop matrix (entries) a layer keeps per table for a linear algebra (U(1)): 16 MiB
-# in float32. Larger lattices gather (``table_product``).
-MAX_MATRIX_ENTRIES = 1 << 22
+# The most links for which a layer keeps its U(1) loop tables as dense matrices: a product
+# then does ``n_links / len`` times the gather's arithmetic, which pays while the operations'
+# overhead dominates (8x8 in 2D and 4^3 in 3D: 128 and 192 links; a 4^4 lattice, 1024 links,
+# was 2x slower per step with matrices and would have kept ~870 MB of them). Larger lattices
+# gather (``table_product``).
+MAX_MATRIX_LINKS = 512
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class GaugeCoupling(nn.Module):
     active loops of each update. A loop family then costs one gather and ``len - 1`` products
     for the whole batch (:func:`table_product`), whatever the number of loop shapes, and all
     active links of an update move together in one transform call and one ``index_copy``.
-    For U(1) on lattices small enough (``MAX_MATRIX_ENTRIES``), a loop is a signed sum of link
+    For U(1) on small lattices (``MAX_MATRIX_LINKS``), a loop is a signed sum of link
     angles and each table is kept as a matrix instead (:func:`loop_matrix`): one matrix product
     per loop family, forward and backward.
     """
@@ -84,8 +87,7 @@ class GaugeCoupling(nn.Module):
         # Tables are buffers: they follow the module to its device; not saved in checkpoints.
         self._buffer("feature_table", path_table(self.feature_paths, lattice))
         n_links = len(lattice) * volume
-        self.linear = (link_transform.algebra.linear and n_links * len(self.feature_table)
-                       <= MAX_MATRIX_ENTRIES)
+        self.linear = link_transform.algebra.linear and n_links <= MAX_MATRIX_LINKS
         dtype = next(iter(net.parameters()), torch.empty(0)).dtype
         if self.linear:
             self._buffer("feature_matrix", loop_matrix(self.feature_table, n_links, dtype))

@@ -189,9 +189,12 @@ def test_a_flow_with_fused_splines_equals_one_with_tensor_operations(group, shap
 
 def test_model_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     """``fused`` where the kernel cannot be built: one ConfigError naming the key and the
-    reason; ``auto``: a warning with the reason and tensor operations; ``torch``: never tries."""
+    reason; ``auto``: a warning with the reason and tensor operations, and no build for a run
+    on an accelerator; ``torch``: never tries."""
     assert build_module.fused_splines("torch") is False
     assert build_module.fused_splines("auto") is True
+    assert build_module.fused_splines("auto", "cuda") is False  # no use on a GPU run
+    assert build_module.fused_splines("fused", "cuda") is True  # CPU tensors of such a run
     monkeypatch.setattr(build_module, "fused_splines_error", lambda: "RuntimeError: no compiler")
     with pytest.raises(ConfigError, match=r"model\.splines.*no compiler"):
         build_module.fused_splines("fused")

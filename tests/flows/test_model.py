@@ -290,18 +290,19 @@ def test_path_gradient_with_reused_contexts_equals_full_inverse_pass(nd, extra):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize("nd, extra", [(2, ("model.multi_update=2",)), (3, ()), (4, ()),
+@pytest.mark.parametrize("nd, extra", [(2, ("model.multi_update=2",)), (3, ()),
+                                       (4, ("lattice.shape=[2, 2, 4, 4]",)),
                                        (3, (TWO_DIRECTIONS, "model.multi_update=2"))])
 def test_u1_loop_matrices_equal_the_gathered_loops(nd, extra, monkeypatch):
     """U(1) layers keep their loop tables as matrices (one product per loop family) where they
     fit: samples, log q, the path-gradient objective and every parameter's gradient equal
-    those of layers that gather the extended links (``MAX_MATRIX_ENTRIES = 0``), float64."""
+    those of layers that gather the extended links (``MAX_MATRIX_LINKS = 0``), float64."""
     from hpcflow import build_action
     from hpcflow.app.propose import path_log_prob
     from hpcflow.flows import coupling
 
     cfg, model = make_flow(nd, *extra)
-    monkeypatch.setattr(coupling, "MAX_MATRIX_ENTRIES", 0)
+    monkeypatch.setattr(coupling, "MAX_MATRIX_LINKS", 0)
     _, gathering = make_flow(nd, *extra)
     gathering.load_state_dict(model.state_dict())
     assert all(layer.linear for layer in model.layers)
