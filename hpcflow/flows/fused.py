@@ -17,6 +17,7 @@ locks its build folder). Configuration key ``model.splines`` chooses (docs/confi
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +49,9 @@ def fused_splines_error() -> str | None:
     build error): the message of the failure."""
     if hasattr(torch.ops.hpcflow, "rqs_forward"):
         return None
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its compiler warnings: the reason below says what failed
     try:
         from torch.utils import cpp_extension
 
@@ -55,9 +59,19 @@ def fused_splines_error() -> str | None:
         cpp_extension.load(name="hpcflow_rqs", sources=[str(SOURCE)], extra_cflags=["-O3"],
                            is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any failure means "not available", with its reason
-        text = str(err).strip().splitlines()
-        return f"{type(err).__name__}: {text[-1] if text else ''}".strip()
+        return f"{type(err).__name__}: {_reason(str(err))}"
+    finally:
+        logger.setLevel(level)
     return None
+
+
+def _reason(text: str) -> str:
+    """The informative line of a failed build's message (the compiler's error, a missing
+    program), else its last line; at most 200 characters."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    keys = ("error:", "not found", "No such file", "Ninja is required", "command not found")
+    line = next((ln for ln in lines if any(k in ln for k in keys)), lines[-1] if lines else "")
+    return line[:200]
 
 
 def load_fused_splines() -> None:

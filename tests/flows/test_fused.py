@@ -15,7 +15,7 @@ import torch
 from hpcflow import build_model, load_config
 from hpcflow.app import build as build_module
 from hpcflow.errors import ConfigError
-from hpcflow.flows.fused import fused_splines_error
+from hpcflow.flows.fused import _reason, fused_splines_error
 from hpcflow.flows.splines import circular_rqs, interval_rqs
 
 F64 = torch.float64
@@ -204,3 +204,11 @@ def test_model_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     assert any("no compiler" in str(w.message) for w in caught)
     with pytest.raises(ConfigError, match="model.splines"):
         load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "model.splines=cuda"])
+
+
+def test_a_failed_build_is_explained_by_its_informative_line():
+    text = ("Error building extension 'hpcflow_rqs': [1/2] c++ -MMD rqs.cpp\nFAILED: rqs.o\n"
+            "/bin/sh: 1: /opt/none/c++: not found\nninja: build stopped: subcommand failed.")
+    assert _reason(text) == "/bin/sh: 1: /opt/none/c++: not found"
+    assert _reason("first\nlast line") == "last line"
+    assert len(_reason("x" * 500)) == 200
