@@ -34,7 +34,7 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.60",
         # torch's C++ extension loader builds the fused spline kernel with it (a C++ compiler
-        # is needed too; without one, model.splines: auto falls back to tensor operations)
+        # is needed too; without one, distributed.splines: auto falls back to tensor operations)
         "ninja>=1.11",
     ],
     extras_require={

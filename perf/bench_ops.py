@@ -220,8 +220,8 @@ def main() -> None:
                    help="time every code this many times, in turn (the VM's speed drifts by "
                         "~20%% over minutes); the table gives the median")
     p.add_argument("--torch-splines", action="store_true",
-                   help="also measure this tree with model.splines=torch (the splines as tensor "
-                        "operations instead of the fused kernel)")
+                   help="also measure this tree with distributed.splines=torch (the splines as "
+                        "tensor operations instead of the fused kernel)")
     p.add_argument("--no-count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="perf/out/bench_ops.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -249,7 +249,7 @@ def main() -> None:
             state = str(Path(tmp) / f"state{i}.pt")
             codes = ([("baseline " + args.baseline, base_root, False, ())] if base_root else [])
             codes += [("this tree", ROOT, False, ())]
-            codes += ([("this tree, torch splines", ROOT, False, ("model.splines=torch",))]
+            codes += ([("this tree, torch splines", ROOT, False, ("distributed.splines=torch",))]
                       if args.torch_splines else [])
             codes += [("this tree, compiled", ROOT, True, ())] if args.compile else []
             runs = [(name, _run_worker(root, args, config, compiled, state, overrides=over))

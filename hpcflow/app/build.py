@@ -37,12 +37,14 @@ def build_action(cfg: Config) -> GaugeAction:
     return GaugeAction(get_group(cfg.lattice.group), cfg.action.beta, cfg.action.c1)
 
 
-def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
+def build_model(cfg: Config, *, device: str | None = None) -> GaugeFlow | StochasticFlow:
     """The untrained sampler of a configuration: a flow (the identity map, ``log q = 0``), an
     annealing protocol, or a stochastic flow whose flow layers start as the identity (coupling
-    layers) or at their first-order step (stout layers, ``sampler.init``)."""
+    layers) or at their first-order step (stout layers, ``sampler.init``). ``device``: the
+    kind of device it will run on (``cpu``, ``cuda``, ``xpu``), for :func:`fused_splines`;
+    default ``distributed.device``."""
     if cfg.sampler.kind == "flow":
-        return _flow(cfg, mask_schedule(cfg))
+        return _flow(cfg, mask_schedule(cfg), device)
     s = cfg.sampler
     group = get_group(cfg.lattice.group)
     layers, positions = [], []
@@ -66,7 +68,7 @@ def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
             schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
                                       active_shapes=m.active_loops, feature_shapes=m.features,
                                       multi_update=m.multi_update, require_coverage=False)
-            flow = _flow(cfg, schedule)
+            flow = _flow(cfg, schedule, device)
             layers = [OnLinks(layer, flow.link_transform) for layer in flow.layers]
     return StochasticFlow(group, cfg.lattice.shape, protocol(cfg), sweeps=s.sweeps,
                           overrelax=s.overrelax, layers=layers, positions=positions)
@@ -78,35 +80,36 @@ def protocol(cfg: Config) -> list[float]:
     return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
 
 
-def fused_splines(choice: str, device: str = "cpu") -> bool:
-    """``model.splines`` resolved: whether the flow's splines use the fused C++ kernel on CPU
-    tensors (:mod:`hpcflow.flows.fused`, built here on first use). ``auto``: where it builds,
-    else torch operations with a warning saying why, and not at all for a run on an
-    accelerator (``device``: ``distributed.device``; ``auto`` with a GPU present), which has no
-    use for it; ``fused``: a :class:`ConfigError` where it cannot be built; ``torch``: never."""
+def fused_splines(choice: str, device: str = "cpu", compiled: bool = False) -> bool:
+    """``distributed.splines`` resolved: whether the flow's splines use the fused C++ kernel on
+    CPU tensors (:mod:`hpcflow.flows.fused`, built here on first use). ``auto``: where it
+    builds, else torch operations with a warning saying why, and not at all where it would go
+    unused: a run on an accelerator (``device``: ``cpu``, ``cuda``, ``xpu`` or ``auto``, an
+    accelerator if one is present) or with compiled layers (``compiled``); ``fused``: a
+    :class:`ConfigError` where it cannot be built; ``torch``: never."""
     on_accelerator = device in ("cuda", "xpu") or (
         device == "auto" and (accelerator_available("cuda") or accelerator_available("xpu")))
-    if choice == "torch" or (choice == "auto" and on_accelerator):
+    if choice == "torch" or (choice == "auto" and (on_accelerator or compiled)):
         return False
     error = fused_splines_error()
     if error is None:
         return True
     if choice == "fused":
-        raise ConfigError("model.splines", f"the fused spline kernel cannot be built here "
+        raise ConfigError("distributed.splines", f"the fused spline kernel cannot be built here "
                           f"({error}); use auto or torch")
-    warnings.warn(f"model.splines: the fused spline kernel cannot be built here ({error}); "
+    warnings.warn(f"distributed.splines: the fused spline kernel cannot be built here ({error}); "
                   "the splines run as torch operations (the same maps, slower)", stacklevel=2)
     return False
 
 
-def _flow(cfg: Config, schedule) -> GaugeFlow:
-    m = cfg.model
+def _flow(cfg: Config, schedule, device: str | None = None) -> GaugeFlow:
+    m, d = cfg.model, cfg.distributed
     flow = build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
                       dtype=DTYPES[m.dtype], eig=m.eig,
-                      fused=fused_splines(m.splines, cfg.distributed.device))
-    return flow.compile_layers() if cfg.distributed.compile else flow
+                      fused=fused_splines(d.splines, device or d.device, d.compile))
+    return flow.compile_layers() if d.compile else flow
 
 
 def restore_average(average: ParameterAverage, ckpt: dict) -> None:
@@ -131,7 +134,7 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     if ckpt is None:
         raise InputFileError(run_dir, "no complete checkpoint in checkpoints/ (train first)")
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg)
+    model = build_model(cfg, device=None if device is None else torch.device(device).type)
     model.load_state_dict(ckpt["model"])
     if ckpt.get("average"):
         # by parameter, not through load_state_dict: a parameter shared by several layers (a

@@ -157,13 +157,6 @@ class ModelConfig:
     GPUs, with open support problems on XPUs). Same maps to rounding."""
     bins: int = 8
     """Spline bins (or NCP mixture components)."""
-    splines: Literal["auto", "fused", "torch"] = "auto"
-    """How the splines are evaluated on CPUs: ``fused``, the C++ kernel ``hpcflow/flows/csrc/
-    rqs.cpp`` (one operator call forward and one backward per spline; built by torch's extension
-    loader on first use, ~15 s, then cached under ``TORCH_EXTENSIONS_DIR``; needs a C++
-    compiler); ``torch``, tensor operations; ``auto``, fused where it builds, else torch with a
-    warning (not built at all for a run on a GPU). Same maps to rounding. GPU tensors and
-    compiled layers (``distributed.compile``) use torch operations."""
     net: NetConfig = field(default_factory=NetConfig)
     dtype: Literal["auto", "float32", "float64"] = "auto"
     """Precision of the flow's parameters and arithmetic. ``auto``: float32 for U(1), float64
@@ -476,6 +469,14 @@ class DistributedConfig:
     restart from rank 0's checkpoint would not continue the run. 0: at checkpoints only (where
     the check is the barrier anyway, no extra collective); N: also every N steps, a second
     collective on those steps."""
+    splines: Literal["auto", "fused", "torch"] = "auto"
+    """How the flow's splines are evaluated on CPUs: ``fused``, the C++ kernel
+    ``hpcflow/flows/csrc/rqs.cpp`` (one operator call forward and one backward per spline; built
+    by torch's extension loader on first use, ~10 s, then cached under
+    ``TORCH_EXTENSIONS_DIR``; needs a C++ compiler); ``torch``, tensor operations; ``auto``,
+    fused where it builds, else torch with a warning (not built for a run on a GPU or with
+    ``compile``). Same maps to rounding: a run trained with one samples and resumes with
+    another. GPU tensors and compiled layers use torch operations."""
     compile: bool = False
     """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
     batch shape, no graph breaks, so no host synchronization inside a layer). Same results to

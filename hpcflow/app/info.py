@@ -40,12 +40,12 @@ def info_rows() -> list[tuple[str, str]]:
 
 
 def _fused_splines_status() -> str:
-    """Whether the fused CPU spline kernel builds and loads here (``model.splines``); asking
+    """Whether the fused CPU spline kernel builds and loads here (``distributed.splines``); asking
     builds it the first time (~15 s), so that training ranks find it in the cache."""
     from ..flows.fused import fused_splines_error
 
     error = fused_splines_error()
-    return "available (model.splines: auto uses it on CPUs)" if error is None else (
+    return "available (distributed.splines: auto uses it on CPUs)" if error is None else (
         f"unavailable, tensor operations instead: {error}")
 
 

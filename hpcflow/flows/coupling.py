@@ -125,19 +125,29 @@ class GaugeCoupling(nn.Module):
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
 
+    def _by_matrix(self, x: torch.Tensor) -> bool:
+        """Whether this layer reads its loops of ``x`` by the loop matrices: U(1) on a small
+        lattice (``self.linear``), CPU tensors, and float32 products in full precision (the
+        products compute the angles themselves: TF32 or bfloat16 products, allowed by
+        ``torch.set_float32_matmul_precision``, would cost ~1e-3 in every angle and the
+        flow's invertibility). Elsewhere the tables gather the extended links."""
+        return self.linear and x.device.type == "cpu" and (
+            x.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
+
     def _loops(self, extended: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The frozen loops of the context (``k`` None) or the active loops of update ``k``:
         ``[B, rows, *E]`` from the extended links, or from the links themselves by the loop
-        matrix (``self.linear``)."""
+        matrix (:meth:`_by_matrix`; ``extended`` is then the links ``[B, Nd V]``)."""
         kind, suffix = ("feature", "") if k is None else ("update", f"_{k}")
-        if self.linear:  # links [B, Nd V] (U(1) angles): one product, no matmul wrapper
+        if self._by_matrix(extended) and extended.dim() == 2 and extended.shape[1] == len(
+                getattr(self, f"{kind}_matrix{suffix}")):  # one product, no matmul wrapper
             return torch.mm(extended, getattr(self, f"{kind}_matrix{suffix}"))
         return table_product(extended, getattr(self, f"{kind}_table{suffix}"),
                              self.link_transform.algebra)
 
     def _context(self, extended: torch.Tensor) -> torch.Tensor:
         """Transform parameters ``[B, S * K * len(directions), P]`` from the frozen loops of
-        the extended links (the links themselves where ``self.linear``), at the ``S`` sites of
+        the extended links (the links themselves where :meth:`_by_matrix`), at the ``S`` sites of
         the active links (row ``(s * K + k) * D + d``: the ``s``-th of those sites, update
         ``k``, direction ``directions[d]``)."""
         lt = self.link_transform
@@ -198,7 +208,8 @@ class GaugeCoupling(nn.Module):
         lt = self.link_transform
         shape = x.shape
         flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
-        extended = flat if self.linear else lt.algebra.extend(flat)
+        by_matrix = self._by_matrix(flat)
+        extended = flat if by_matrix else lt.algebra.extend(flat)
         if context is not None:
             params = _ReusedContext.apply(extended, context)
         elif keep is not None:
@@ -216,7 +227,7 @@ class GaugeCoupling(nn.Module):
             # Every loop of update k is read from the links before the update: no active loop
             # holds another link of the layer, so all of them move at once.
             if n > 0:
-                extended = flat if self.linear else lt.algebra.extend(flat)
+                extended = flat if by_matrix else lt.algebra.extend(flat)
             links = getattr(self, f"update_links_{k}")
             w = self._loops(extended, k)
             p = params.index_select(1, getattr(self, f"update_params_{k}"))

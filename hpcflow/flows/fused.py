@@ -11,7 +11,7 @@ needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the f
 process asks for it, ~15 s, and cached under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) keyed by the source and the flags: later processes load the
 cached library in well under a second, and concurrent MPI ranks wait for one build (the loader
-locks its build folder). Configuration key ``model.splines`` chooses (docs/config.md).
+locks its build folder). Configuration key ``distributed.splines`` chooses (docs/config.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import functools
 import logging
 import os
 import shutil
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +29,28 @@ import torch
 __all__ = ["fused_splines_error", "load_fused_splines"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rqs.cpp"
+NAME = "hpcflow_rqs"
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
+STALE_LOCK_S = 600.0  # a build takes ~10 s; a lock this old was left by a killed build
+
+
+def _remove_stale_lock(cpp_extension) -> None:
+    """torch's loader waits without end for the lock file of the build folder; a process
+    killed while building (a cancelled job) leaves it, and every later process would hang.
+    A lock older than ``STALE_LOCK_S`` is removed first (one warning)."""
+    try:
+        folder = Path(cpp_extension._get_build_directory(NAME, verbose=False))
+    except Exception:  # noqa: BLE001 - a private helper of torch: without it, nothing to clean
+        return
+    lock = folder / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_LOCK_S:
+        warnings.warn(f"removing {lock}, left {age / 60:.0f} minutes ago by an interrupted "
+                      "build of the fused spline kernel", stacklevel=3)
+        lock.unlink(missing_ok=True)
 
 
 def _ninja_on_path() -> None:
@@ -56,8 +79,11 @@ def fused_splines_error() -> str | None:
         from torch.utils import cpp_extension
 
         _ninja_on_path()
-        cpp_extension.load(name="hpcflow_rqs", sources=[str(SOURCE)], extra_cflags=["-O3"],
-                           is_python_module=False, verbose=False)
+        _remove_stale_lock(cpp_extension)
+        # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP
+        # (torch's CPU builds use OpenMP threads too)
+        cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any failure means "not available", with its reason
         return f"{type(err).__name__}: {_reason(str(err))}"
     finally:

@@ -1,5 +1,5 @@
 """The fused C++ spline kernel (hpcflow/flows/csrc/rqs.cpp) against the splines' tensor
-operations, and its selection by ``model.splines``.
+operations, and its selection by ``distributed.splines``.
 
 The kernel is built by torch's extension loader the first time a test asks for it (~15 s, then
 cached). It must build wherever the suite runs (a C++ compiler is part of the install, see
@@ -7,15 +7,25 @@ README.md): a failure here is a failure, not a skip.
 """
 
 import math
+import os
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from hpcflow import build_model, load_config
 from hpcflow.app import build as build_module
 from hpcflow.errors import ConfigError
-from hpcflow.flows.fused import _reason, fused_splines_error
+from hpcflow.flows.fused import (
+    NAME,
+    STALE_LOCK_S,
+    _reason,
+    _remove_stale_lock,
+    fused_splines_error,
+)
 from hpcflow.flows.splines import circular_rqs, interval_rqs
 
 F64 = torch.float64
@@ -165,7 +175,7 @@ def test_a_flow_with_fused_splines_equals_one_with_tensor_operations(group, shap
             "model.dtype=float64", "model.net.hidden=[4]"]
     flows = {}
     for mode in ("torch", "fused"):
-        cfg = load_config(None, over + [f"model.splines={mode}"])
+        cfg = load_config(None, over + [f"distributed.splines={mode}"])
         torch.manual_seed(0)
         flows[mode] = build_model(cfg)
         with torch.no_grad():
@@ -187,7 +197,7 @@ def test_a_flow_with_fused_splines_equals_one_with_tensor_operations(group, shap
     assert flows["fused"].link_transform.fused and not flows["torch"].link_transform.fused
 
 
-def test_model_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
+def test_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     """``fused`` where the kernel cannot be built: one ConfigError naming the key and the
     reason; ``auto``: a warning with the reason and tensor operations, and no build for a run
     on an accelerator; ``torch``: never tries."""
@@ -195,15 +205,16 @@ def test_model_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     assert build_module.fused_splines("auto") is True
     assert build_module.fused_splines("auto", "cuda") is False  # no use on a GPU run
     assert build_module.fused_splines("fused", "cuda") is True  # CPU tensors of such a run
+    assert build_module.fused_splines("auto", "cpu", compiled=True) is False  # never used
     monkeypatch.setattr(build_module, "fused_splines_error", lambda: "RuntimeError: no compiler")
-    with pytest.raises(ConfigError, match=r"model\.splines.*no compiler"):
+    with pytest.raises(ConfigError, match=r"distributed\.splines.*no compiler"):
         build_module.fused_splines("fused")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert build_module.fused_splines("auto") is False
     assert any("no compiler" in str(w.message) for w in caught)
-    with pytest.raises(ConfigError, match="model.splines"):
-        load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "model.splines=cuda"])
+    with pytest.raises(ConfigError, match="distributed.splines"):
+        load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "distributed.splines=cuda"])
 
 
 def test_a_failed_build_is_explained_by_its_informative_line():
@@ -212,3 +223,61 @@ def test_a_failed_build_is_explained_by_its_informative_line():
     assert _reason(text) == "/bin/sh: 1: /opt/none/c++: not found"
     assert _reason("first\nlast line") == "last line"
     assert len(_reason("x" * 500)) == 200
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_fused_kernel_on_another_interval_with_unequal_minima(inverse):
+    """An interval that does not start at 0 and unequal minimal widths, heights and slopes:
+    the same map and gradients as the tensor operations (float64)."""
+    gen = torch.Generator().manual_seed(11)
+    k, n = 6, 400
+    x = -1.5 + 3.5 * torch.rand(n, generator=gen, dtype=F64)
+    params = 2.0 * torch.randn(n, 3 * k + 1, generator=gen, dtype=F64)
+    cot = (torch.randn(n, generator=gen, dtype=F64), torch.randn(n, generator=gen, dtype=F64))
+    kw = {"lower": -1.5, "upper": 2.0, "min_width": 2e-3, "min_height": 1e-2, "min_slope": 5e-3}
+    results = []
+    for fused in (False, True):
+        xx, pp = x.clone().requires_grad_(True), params.clone().requires_grad_(True)
+        out, logdet = interval_rqs(xx, pp, inverse=inverse, fused=fused, **kw)
+        results.append((out, logdet, *torch.autograd.grad((out, logdet), (xx, pp), cot)))
+    for a, b in zip(*results, strict=True):
+        assert ((a.detach() - b.detach()).abs() / (1.0 + b.detach().abs())).max() < 1e-9
+
+
+def test_fused_kernel_runs_on_several_threads_with_the_same_result():
+    """Built with OpenMP: ``at::parallel_for`` splits the elements over torch's threads, and
+    the result does not depend on their number (each element is computed alone)."""
+    gen = torch.Generator().manual_seed(12)
+    n, k = 20000, 8
+    x = TWO_PI * torch.rand(n, generator=gen)
+    params = torch.randn(n, 3 * k + 1, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.hpcflow.rqs_forward(x, params, k, 0.0, TWO_PI, 1e-3, 1e-3, 1e-3, False,
+                                            True)
+        torch.set_num_threads(2)
+        two = torch.ops.hpcflow.rqs_forward(x, params, k, 0.0, TWO_PI, 1e-3, 1e-3, 1e-3, False,
+                                            True)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+    library = Path(cpp_extension._get_build_directory(NAME, verbose=False)) / f"{NAME}.so"
+    assert b"GOMP_parallel" in library.read_bytes()  # linked against OpenMP's runtime
+
+
+def test_a_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path):
+    """torch's loader would wait for ever on a lock file left by a killed build: one older than
+    STALE_LOCK_S is removed with a warning, a recent one (a build in progress) is kept."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = Path(cpp_extension._get_build_directory(NAME, verbose=False))
+    lock = folder / "lock"
+    lock.write_text("")
+    _remove_stale_lock(cpp_extension)
+    assert lock.exists()
+    old = time.time() - 2 * STALE_LOCK_S
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="interrupted build"):
+        _remove_stale_lock(cpp_extension)
+    assert not lock.exists()

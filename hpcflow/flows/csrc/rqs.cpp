@@ -276,7 +276,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& params, const Spec& sp)
   TORCH_CHECK(x.device().is_cpu() && params.device().is_cpu(), "rqs: CPU tensors only");
   TORCH_CHECK(x.is_contiguous() && params.is_contiguous(), "rqs: contiguous tensors only");
   TORCH_CHECK(params.scalar_type() == x.scalar_type(), "rqs: params and x differ in dtype");
-  TORCH_CHECK(params.dim() == x.dim() + 1 && params.numel() == x.numel() * params.size(-1),
+  TORCH_CHECK(params.dim() == x.dim() + 1 && params.sizes().slice(0, x.dim()) == x.sizes(),
               "rqs: params must be [..., P] over x's shape");
   TORCH_CHECK(params.size(-1) == 3 * sp.k + 1, "rqs: params.shape[-1] must be 3K + 1");
 }
