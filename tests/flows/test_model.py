@@ -327,6 +327,31 @@ def test_u1_loop_matrices_equal_the_gathered_loops(nd, extra, monkeypatch):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10 * scale)
 
 
+def test_loop_matrices_only_at_full_float32_precision():
+    """The loop matrices compute the angles by a float32 product: where reduced-precision
+    products are allowed (TF32, ``set_float32_matmul_precision("high")``) the layers gather
+    instead, so that log q and invertibility keep full float32 accuracy; float64 always uses
+    them."""
+    cfg = load_config(None, CONFIGS[2] + ["model.dtype=float32"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    perturb(model, 0.02)
+    z = model.prior(range(2), seed=6, stream=1)
+    x32 = torch.zeros(2, 32)
+    layer = model.layers[0]
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert layer._by_matrix(x32)
+        torch.set_float32_matmul_precision("high")
+        assert not layer._by_matrix(x32) and layer._by_matrix(x32.double())
+        u_high, ld_high = model(z)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    u, ld = model(z)
+    torch.testing.assert_close(ld_high, ld, rtol=0, atol=1e-4)
+    torch.testing.assert_close(u_high, u, rtol=0, atol=1e-5)
+
+
 def test_contexts_are_not_kept_when_recomputed_or_without_autograd_and_misuse_raises():
     """Activation-checkpointed layers keep no intermediates, and without autograd there is no
     graph: ``forward_keeping_contexts`` returns ``None`` for the contexts (the inverse pass then
