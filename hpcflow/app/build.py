@@ -7,12 +7,10 @@ or a :class:`~hpcflow.flows.stochastic.StochasticFlow`), ``load_model(run_dir)``
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 
-from ..distributed.device import accelerator_available
 from ..errors import ConfigError, InputFileError
 from ..flows.fused import fused_splines_error
 from ..flows.model import GaugeFlow, build_flow
@@ -37,14 +35,12 @@ def build_action(cfg: Config) -> GaugeAction:
     return GaugeAction(get_group(cfg.lattice.group), cfg.action.beta, cfg.action.c1)
 
 
-def build_model(cfg: Config, *, device: str | None = None) -> GaugeFlow | StochasticFlow:
+def build_model(cfg: Config) -> GaugeFlow | StochasticFlow:
     """The untrained sampler of a configuration: a flow (the identity map, ``log q = 0``), an
     annealing protocol, or a stochastic flow whose flow layers start as the identity (coupling
-    layers) or at their first-order step (stout layers, ``sampler.init``). ``device``: the
-    kind of device it will run on (``cpu``, ``cuda``, ``xpu``), for :func:`fused_splines`;
-    default ``distributed.device``."""
+    layers) or at their first-order step (stout layers, ``sampler.init``)."""
     if cfg.sampler.kind == "flow":
-        return _flow(cfg, mask_schedule(cfg), device)
+        return _flow(cfg, mask_schedule(cfg))
     s = cfg.sampler
     group = get_group(cfg.lattice.group)
     layers, positions = [], []
@@ -68,7 +64,7 @@ def build_model(cfg: Config, *, device: str | None = None) -> GaugeFlow | Stocha
             schedule = build_schedule(cfg.lattice.shape, m.masks, layers=n_layers,
                                       active_shapes=m.active_loops, feature_shapes=m.features,
                                       multi_update=m.multi_update, require_coverage=False)
-            flow = _flow(cfg, schedule, device)
+            flow = _flow(cfg, schedule)
             layers = [OnLinks(layer, flow.link_transform) for layer in flow.layers]
     return StochasticFlow(group, cfg.lattice.shape, protocol(cfg), sweeps=s.sweeps,
                           overrelax=s.overrelax, layers=layers, positions=positions)
@@ -80,35 +76,30 @@ def protocol(cfg: Config) -> list[float]:
     return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
 
 
-def fused_splines(choice: str, device: str = "cpu", compiled: bool = False) -> bool:
-    """``distributed.splines`` resolved: whether the flow's splines use the fused C++ kernel on
-    CPU tensors (:mod:`hpcflow.flows.fused`, built here on first use). ``auto``: where it
-    builds, else torch operations with a warning saying why, and not at all where it would go
-    unused: a run on an accelerator (``device``: ``cpu``, ``cuda``, ``xpu`` or ``auto``, an
-    accelerator if one is present) or with compiled layers (``compiled``); ``fused``: a
-    :class:`ConfigError` where it cannot be built; ``torch``: never."""
-    on_accelerator = device in ("cuda", "xpu") or (
-        device == "auto" and (accelerator_available("cuda") or accelerator_available("xpu")))
-    if choice == "torch" or (choice == "auto" and (on_accelerator or compiled)):
+def fused_splines(choice: str) -> bool:
+    """``distributed.splines`` resolved: whether the flow asks for the fused C++ kernel for its
+    splines of CPU tensors (:mod:`hpcflow.flows.fused`). ``auto``: yes; the kernel is built on
+    the first spline evaluated on a CPU (never on a GPU run or in compiled layers), and where
+    it cannot be, the splines run as tensor operations with one warning saying why
+    (:func:`hpcflow.flows.splines.circular_rqs`); ``fused``: built now, a :class:`ConfigError`
+    where it cannot be; ``torch``: no."""
+    if choice == "torch":
         return False
-    error = fused_splines_error()
-    if error is None:
-        return True
     if choice == "fused":
-        raise ConfigError("distributed.splines", f"the fused spline kernel cannot be built here "
-                          f"({error}); use auto or torch")
-    warnings.warn(f"distributed.splines: the fused spline kernel cannot be built here ({error}); "
-                  "the splines run as torch operations (the same maps, slower)", stacklevel=2)
-    return False
+        error = fused_splines_error()
+        if error is not None:
+            raise ConfigError("distributed.splines", f"the fused spline kernel cannot be built "
+                              f"here ({error}); use auto or torch")
+    return True
 
 
-def _flow(cfg: Config, schedule, device: str | None = None) -> GaugeFlow:
+def _flow(cfg: Config, schedule) -> GaugeFlow:
     m, d = cfg.model, cfg.distributed
     flow = build_flow(get_group(cfg.lattice.group), schedule, transform=m.transform,
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
                       dtype=DTYPES[m.dtype], eig=m.eig,
-                      fused=fused_splines(d.splines, device or d.device, d.compile))
+                      fused=fused_splines(d.splines))
     return flow.compile_layers() if d.compile else flow
 
 
@@ -134,7 +125,7 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     if ckpt is None:
         raise InputFileError(run_dir, "no complete checkpoint in checkpoints/ (train first)")
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg, device=None if device is None else torch.device(device).type)
+    model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     if ckpt.get("average"):
         # by parameter, not through load_state_dict: a parameter shared by several layers (a

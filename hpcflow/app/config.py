@@ -474,9 +474,10 @@ class DistributedConfig:
     ``hpcflow/flows/csrc/rqs.cpp`` (one operator call forward and one backward per spline; built
     by torch's extension loader on first use, ~10 s, then cached under
     ``TORCH_EXTENSIONS_DIR``; needs a C++ compiler); ``torch``, tensor operations; ``auto``,
-    fused where it builds, else torch with a warning (not built for a run on a GPU or with
-    ``compile``). Same maps to rounding: a run trained with one samples and resumes with
-    another. GPU tensors and compiled layers use torch operations."""
+    fused where it builds (at the first spline on a CPU: never for a run on a GPU or with
+    ``compile``), else torch with a warning; ``fused``, refuse to start without it. Same maps
+    to rounding: a run trained with one samples and resumes with another. GPU tensors and
+    compiled layers use torch operations."""
     compile: bool = False
     """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
     batch shape, no graph breaks, so no host synchronization inside a layer). Same results to

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fused_splines_error", "load_fused_splines"]
+__all__ = ["fused_splines_error"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rqs.cpp"
 NAME = "hpcflow_rqs"
@@ -98,10 +98,3 @@ def _reason(text: str) -> str:
     keys = ("error:", "not found", "No such file", "Ninja is required", "command not found")
     line = next((ln for ln in lines if any(k in ln for k in keys)), lines[-1] if lines else "")
     return line[:200]
-
-
-def load_fused_splines() -> None:
-    """Load the kernel or raise ``RuntimeError`` saying why it cannot be built."""
-    error = fused_splines_error()
-    if error is not None:
-        raise RuntimeError(f"the fused spline kernel ({SOURCE.name}) cannot be built: {error}")

@@ -21,11 +21,12 @@ Parameter counts per element (the last axis of `params`): `n_params_circular(K) 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .fused import MAX_BINS, load_fused_splines
+from .fused import MAX_BINS, fused_splines_error
 
 __all__ = [
     "circular_rqs",
@@ -347,11 +348,16 @@ def _readable(g: torch.Tensor) -> torch.Tensor:
 def _spline(x, params, k, lower, upper, mins, inverse, circular, fused):
     """`_FusedRQS` where ``fused`` and the kernel applies (CPU, float32/float64, at most
     ``MAX_BINS`` bins, not traced by ``torch.compile``, which fuses the operations of `_RQS`
-    itself), else `_RQS`."""
+    itself) and builds (the first such call builds it), else `_RQS`; a kernel that cannot be
+    built is said once (a warning with the reason)."""
     if (fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and k <= MAX_BINS and not torch.compiler.is_compiling()):
-        load_fused_splines()
-        return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
+        error = fused_splines_error()
+        if error is None:
+            return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
+        warnings.warn(f"the fused spline kernel cannot be built here ({error}); the splines "
+                      "run as torch operations (the same maps, slower; distributed.splines)",
+                      stacklevel=3)
     return _RQS.apply(x, params, k, lower, upper, mins, inverse, circular)
 
 
@@ -386,7 +392,8 @@ def circular_rqs(
             k = 0..K-1, and `d_K = d_0` so the derivative is continuous across 0 = 2 pi.
         inverse: apply the inverse map.
         fused: evaluate CPU tensors with the fused C++ kernel (:mod:`hpcflow.flows.fused`; built
-            on first use, raises ``RuntimeError`` where it cannot be); the same map to rounding.
+            on first use; where it cannot be, tensor operations and a warning); the same map to
+            rounding.
 
     Forward: `phi = (RQS(theta mod 2 pi) + b) mod 2 pi`.
     Inverse: `theta = RQS^-1((phi - b) mod 2 pi)`.

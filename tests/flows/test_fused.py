@@ -199,20 +199,27 @@ def test_a_flow_with_fused_splines_equals_one_with_tensor_operations(group, shap
 
 def test_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     """``fused`` where the kernel cannot be built: one ConfigError naming the key and the
-    reason; ``auto``: a warning with the reason and tensor operations, and no build for a run
-    on an accelerator; ``torch``: never tries."""
+    reason; ``auto``: the flow asks for the kernel, and its first spline on a CPU tensor falls
+    back to the tensor operations with one warning saying why; ``torch``: never tries."""
+    from hpcflow.flows import splines
+
     assert build_module.fused_splines("torch") is False
     assert build_module.fused_splines("auto") is True
-    assert build_module.fused_splines("auto", "cuda") is False  # no use on a GPU run
-    assert build_module.fused_splines("fused", "cuda") is True  # CPU tensors of such a run
-    assert build_module.fused_splines("auto", "cpu", compiled=True) is False  # never used
+    assert build_module.fused_splines("fused") is True
     monkeypatch.setattr(build_module, "fused_splines_error", lambda: "RuntimeError: no compiler")
     with pytest.raises(ConfigError, match=r"distributed\.splines.*no compiler"):
         build_module.fused_splines("fused")
+    assert build_module.fused_splines("auto") is True
+    monkeypatch.setattr(splines, "fused_splines_error", lambda: "RuntimeError: no compiler")
+    gen = torch.Generator().manual_seed(13)
+    theta = TWO_PI * torch.rand(20, generator=gen, dtype=F64)
+    p = torch.randn(20, 13, generator=gen, dtype=F64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert build_module.fused_splines("auto") is False
+        out, logdet = circular_rqs(theta, p, fused=True)
     assert any("no compiler" in str(w.message) for w in caught)
+    want = circular_rqs(theta, p)
+    assert torch.equal(out, want[0]) and torch.equal(logdet, want[1])
     with pytest.raises(ConfigError, match="distributed.splines"):
         load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "distributed.splines=cuda"])
 
