@@ -8,15 +8,18 @@ and about half the time at the sizes of a training step (perf/RESULTS.md).
 
 The source is compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
 needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
-process asks for it, ~15 s, and cached under ``TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``) keyed by the source and the flags: later processes load the
-cached library in well under a second, and concurrent MPI ranks wait for one build (the loader
-locks its build folder). Configuration key ``distributed.splines`` chooses (docs/config.md).
+process asks for it, ~10-15 s, into a folder of ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) named by a hash of the source, the flags and torch's version;
+concurrent MPI ranks wait for one build (the loader locks the folder). Later processes load
+the built library directly (``torch.ops.load_library``): no lock, no ninja run, so a rank
+killed at start-up cannot leave a lock behind that would stop the next job. Configuration key
+``distributed.splines`` chooses (docs/config.md).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -29,17 +32,32 @@ import torch
 __all__ = ["fused_splines_error"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rqs.cpp"
-NAME = "hpcflow_rqs"
+# -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP (torch's
+# CPU builds use OpenMP threads too)
+CFLAGS = ("-O3", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
-STALE_LOCK_S = 600.0  # a build takes ~10 s; a lock this old was left by a killed build
+STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a killed build
+
+
+def library_name() -> str:
+    """The extension's name: ``hpcflow_rqs_`` and a hash of the source, the flags and torch's
+    version, so that a built library of that name is the one this code needs."""
+    key = SOURCE.read_bytes() + repr((CFLAGS, LDFLAGS, torch.__version__)).encode()
+    return f"hpcflow_rqs_{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def build_folder(cpp_extension) -> Path:
+    """Where torch's loader builds :func:`library_name` (created if missing)."""
+    return Path(cpp_extension._get_build_directory(library_name(), verbose=False))
 
 
 def _remove_stale_lock(cpp_extension) -> None:
     """torch's loader waits without end for the lock file of the build folder; a process
-    killed while building (a cancelled job) leaves it, and every later process would hang.
+    killed while building (a cancelled job) leaves it, and every later first build would hang.
     A lock older than ``STALE_LOCK_S`` is removed first (one warning)."""
     try:
-        folder = Path(cpp_extension._get_build_directory(NAME, verbose=False))
+        folder = build_folder(cpp_extension)
     except Exception:  # noqa: BLE001 - a private helper of torch: without it, nothing to clean
         return
     lock = folder / "lock"
@@ -78,12 +96,15 @@ def fused_splines_error() -> str | None:
     try:
         from torch.utils import cpp_extension
 
+        name = library_name()
+        built = build_folder(cpp_extension) / f"{name}.so"
+        if built.is_file():  # built before by this code: load it, no lock, no ninja
+            torch.ops.load_library(str(built))
+            return None
         _ninja_on_path()
         _remove_stale_lock(cpp_extension)
-        # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP
-        # (torch's CPU builds use OpenMP threads too)
-        cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                           extra_ldflags=list(LDFLAGS), is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any failure means "not available", with its reason
         return f"{type(err).__name__}: {_reason(str(err))}"
     finally:

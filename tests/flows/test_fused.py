@@ -10,7 +10,6 @@ import math
 import os
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +19,12 @@ from hpcflow import build_model, load_config
 from hpcflow.app import build as build_module
 from hpcflow.errors import ConfigError
 from hpcflow.flows.fused import (
-    NAME,
     STALE_LOCK_S,
     _reason,
     _remove_stale_lock,
+    build_folder,
     fused_splines_error,
+    library_name,
 )
 from hpcflow.flows.splines import circular_rqs, interval_rqs
 
@@ -270,7 +270,7 @@ def test_fused_kernel_runs_on_several_threads_with_the_same_result():
         torch.set_num_threads(threads)
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
-    library = Path(cpp_extension._get_build_directory(NAME, verbose=False)) / f"{NAME}.so"
+    library = build_folder(cpp_extension) / f"{library_name()}.so"
     assert b"GOMP_parallel" in library.read_bytes()  # linked against OpenMP's runtime
 
 
@@ -278,8 +278,7 @@ def test_a_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path):
     """torch's loader would wait for ever on a lock file left by a killed build: one older than
     STALE_LOCK_S is removed with a warning, a recent one (a build in progress) is kept."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    folder = Path(cpp_extension._get_build_directory(NAME, verbose=False))
-    lock = folder / "lock"
+    lock = build_folder(cpp_extension) / "lock"
     lock.write_text("")
     _remove_stale_lock(cpp_extension)
     assert lock.exists()
@@ -288,3 +287,22 @@ def test_a_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="interrupted build"):
         _remove_stale_lock(cpp_extension)
     assert not lock.exists()
+
+
+def test_a_built_kernel_loads_without_the_build_lock(tmp_path):
+    """Once built, a new process loads the library directly: a lock file in the build folder
+    (left by a rank killed at start-up, or a build in progress elsewhere) does not make it
+    wait (torch's loader would wait for ever: a killed test rank once hung the suite)."""
+    import subprocess
+    import sys
+
+    assert fused_splines_error() is None  # built
+    lock = build_folder(cpp_extension) / "lock"
+    lock.write_text("")
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", "from hpcflow.flows.fused import fused_splines_error as f; "
+             "print(f())"], capture_output=True, text=True, timeout=120)
+    finally:
+        lock.unlink(missing_ok=True)
+    assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr
