@@ -86,7 +86,7 @@ class GaugeCoupling(nn.Module):
         volume = math.prod(lattice)
         # Tables are buffers: they follow the module to its device; not saved in checkpoints.
         self._buffer("feature_table", path_table(self.feature_paths, lattice))
-        n_links = len(lattice) * volume
+        self.n_links = n_links = len(lattice) * volume
         self.linear = link_transform.algebra.linear and n_links <= MAX_MATRIX_LINKS
         dtype = next(iter(net.parameters()), torch.empty(0)).dtype
         if self.linear:
@@ -136,11 +136,11 @@ class GaugeCoupling(nn.Module):
 
     def _loops(self, extended: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The frozen loops of the context (``k`` None) or the active loops of update ``k``:
-        ``[B, rows, *E]`` from the extended links, or from the links themselves by the loop
-        matrix (:meth:`_by_matrix`; ``extended`` is then the links ``[B, Nd V]``)."""
+        ``[B, rows, *E]`` from the extended links ``[B, 2 Nd V + 1, *E]``, or by the loop
+        matrix from the links themselves ``[B, Nd V]`` (the form :meth:`_run` passes where
+        :meth:`_by_matrix`)."""
         kind, suffix = ("feature", "") if k is None else ("update", f"_{k}")
-        if self._by_matrix(extended) and extended.dim() == 2 and extended.shape[1] == len(
-                getattr(self, f"{kind}_matrix{suffix}")):  # one product, no matmul wrapper
+        if extended.shape[1] == self.n_links:  # one product, no matmul wrapper
             return torch.mm(extended, getattr(self, f"{kind}_matrix{suffix}"))
         return table_product(extended, getattr(self, f"{kind}_table{suffix}"),
                              self.link_transform.algebra)

@@ -323,26 +323,11 @@ class _FusedRQS(torch.autograd.Function):
                 "circular_rqs / interval_rqs: second derivatives are not implemented (the fused "
                 "kernel's backward is first order); differentiate without create_graph=True")
         x, params, prob = ctx.saved_tensors
-        # the kernel reads contiguous cotangents and those broadcast along the last axis (the
-        # backward of a sum over it, as the coupling layers sum log-derivatives): no copy
-        g_out = torch.zeros_like(x) if g_out is None else _readable(g_out)
-        g_logdet = torch.zeros_like(x) if g_logdet is None else _readable(g_logdet)
+        g_out = torch.zeros_like(x) if g_out is None else g_out
+        g_logdet = torch.zeros_like(x) if g_logdet is None else g_logdet
         g_x, g_params = torch.ops.hpcflow.rqs_backward(x, params, prob, g_out, g_logdet,
                                                        *ctx.spec)
         return g_x, g_params, None, None, None, None, None, None
-
-
-def _readable(g: torch.Tensor) -> torch.Tensor:
-    """``g`` itself where the fused backward reads it in place (contiguous, or broadcast along
-    its last axis over contiguous leading axes), else a contiguous copy."""
-    if g.is_contiguous() or g.dim() == 0 or g.stride(-1) != 0:
-        return g.contiguous()
-    expected = 1
-    for size, stride in zip(reversed(g.shape[:-1]), reversed(g.stride()[:-1]), strict=True):
-        if size != 1 and stride != expected:
-            return g.contiguous()
-        expected *= size
-    return g
 
 
 def _spline(x, params, k, lower, upper, mins, inverse, circular, fused):

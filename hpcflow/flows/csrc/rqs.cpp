@@ -303,9 +303,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rqs_forward(
   return {out, logdet, prob};
 }
 
-// How a cotangent of x's shape is read: element i at data[i / div]. div = 1: contiguous;
-// div = size(-1): broadcast along the last axis over contiguous leading axes (the backward of a
-// sum over that axis, as a coupling layer sums its log-derivatives); 0: neither.
+// How a cotangent of x's shape is read in place: element i at data[i / div]. div = 1:
+// contiguous; div = size(-1): broadcast along the last axis over contiguous leading axes (the
+// backward of a sum over that axis, as a coupling layer sums its log-derivatives: no copy);
+// 0: neither (rqs_backward reads a contiguous copy).
 int64_t cotangent_divisor(const at::Tensor& t) {
   if (t.is_contiguous()) return 1;
   const int64_t d = t.dim();
@@ -318,19 +319,23 @@ int64_t cotangent_divisor(const at::Tensor& t) {
   return std::max<int64_t>(t.size(d - 1), 1);
 }
 
-// (g_x, g_params) for the cotangents of (out, logdet)
+at::Tensor readable(const at::Tensor& t) {
+  return cotangent_divisor(t) > 0 ? t : t.contiguous();
+}
+
+// (g_x, g_params) for the cotangents of (out, logdet), of x's shape and dtype, any strides
 std::tuple<at::Tensor, at::Tensor> rqs_backward(
     const at::Tensor& x, const at::Tensor& params, const at::Tensor& prob,
-    const at::Tensor& g_out, const at::Tensor& g_logdet, int64_t k, double lower, double upper,
-    double mw, double mh, double ms, bool inverse, bool circular) {
+    const at::Tensor& g_out_in, const at::Tensor& g_logdet_in, int64_t k, double lower,
+    double upper, double mw, double mh, double ms, bool inverse, bool circular) {
   const Spec sp = make_spec(k, lower, upper, mw, mh, ms, inverse, circular);
   check_inputs(x, params, sp);
+  const at::Tensor g_out = readable(g_out_in), g_logdet = readable(g_logdet_in);
   const int64_t out_div = cotangent_divisor(g_out), logdet_div = cotangent_divisor(g_logdet);
-  TORCH_CHECK(g_out.sizes() == x.sizes() && g_logdet.sizes() == x.sizes() && out_div > 0 &&
-                  logdet_div > 0 && g_out.scalar_type() == x.scalar_type() &&
+  TORCH_CHECK(g_out.sizes() == x.sizes() && g_logdet.sizes() == x.sizes() &&
+                  g_out.scalar_type() == x.scalar_type() &&
                   g_logdet.scalar_type() == x.scalar_type(),
-              "rqs_backward: cotangents must be of x's shape and dtype, contiguous or broadcast "
-              "along the last axis");
+              "rqs_backward: cotangents must be of x's shape and dtype");
   TORCH_CHECK(prob.is_contiguous() && prob.numel() == x.numel() * 2 * k &&
                   prob.scalar_type() == x.scalar_type(),
               "rqs_backward: prob must be the forward's contiguous [..., 2, K]");
