@@ -36,6 +36,23 @@ def perturb(module: torch.nn.Module, scale: float, generator=None) -> torch.nn.M
     return module
 
 
+def flows_by_mode(overrides: list[str], key: str, modes=("torch", "fused")) -> dict:
+    """One flow per value of the config ``key`` (e.g. ``distributed.splines``), built from
+    ``overrides`` with the same parameters: ``0.05 N(0, 1)`` drawn per parameter by its size
+    (a moderate, non-identity flow, the same for every mode)."""
+    from hpcflow import build_model, load_config
+
+    flows = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        flows[mode] = build_model(load_config(None, [*overrides, f"{key}={mode}"]))
+        with torch.no_grad():
+            for prm in flows[mode].parameters():
+                prm.copy_(0.05 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(
+                    prm.numel()), dtype=prm.dtype))
+    return flows
+
+
 def clean_env() -> dict:
     """The environment without an enclosing MPI launcher's variables (so that a subprocess is
     a fresh single process, or a fresh mpiexec job)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, InputFileError
-from ..flows.fused import fused_splines_error
+from ..flows.fused import fused_kernels_error
 from ..flows.model import GaugeFlow, build_flow
 from ..flows.smearing import StoutSchedule, StoutSmearing, first_order_rho
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
@@ -24,7 +24,7 @@ from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 from .optim import ParameterAverage
 
-__all__ = ["build_action", "build_model", "fused_splines", "load_model", "protocol",
+__all__ = ["build_action", "build_model", "fused_kernel", "load_model", "protocol",
            "restore_average"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -76,20 +76,20 @@ def protocol(cfg: Config) -> list[float]:
     return power_protocol(s.beta_start, cfg.action.beta, s.steps, s.power)
 
 
-def fused_splines(choice: str) -> bool:
-    """``distributed.splines`` resolved: whether the flow asks for the fused C++ kernel for its
-    splines of CPU tensors (:mod:`hpcflow.flows.fused`). ``auto``: yes; the kernel is built on
-    the first spline evaluated on a CPU (never on a GPU run or in compiled layers), and where
-    it cannot be, the splines run as tensor operations with one warning saying why
-    (:func:`hpcflow.flows.splines.circular_rqs`); ``fused``: built now, a :class:`ConfigError`
-    where it cannot be; ``torch``: no."""
+def fused_kernel(choice: str, key: str = "distributed.splines") -> bool:
+    """``distributed.splines`` or ``distributed.loops`` (``key``) resolved: whether the flow
+    asks for the fused C++ kernels for CPU tensors (:mod:`hpcflow.flows.fused`). ``auto``: yes;
+    the kernels are built at their first use on a CPU (never on a GPU run or in compiled
+    layers), and where they cannot be, the flow runs tensor operations with one warning saying
+    why; ``fused``: built now, a :class:`ConfigError` naming ``key`` where they cannot be;
+    ``torch``: no."""
     if choice == "torch":
         return False
     if choice == "fused":
-        error = fused_splines_error()
+        error = fused_kernels_error()
         if error is not None:
-            raise ConfigError("distributed.splines", f"the fused spline kernel cannot be built "
-                              f"here ({error}); use auto or torch")
+            raise ConfigError(key, f"the fused CPU kernels cannot be built here ({error}); use "
+                              "auto or torch")
     return True
 
 
@@ -99,7 +99,8 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
                       bins=m.bins, hidden=m.net.hidden, kernel_size=m.net.kernel_size,
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
                       dtype=DTYPES[m.dtype], eig=m.eig,
-                      fused=fused_splines(d.splines))
+                      fused=fused_kernel(d.splines, "distributed.splines"),
+                      fused_loops=fused_kernel(d.loops, "distributed.loops"))
     return flow.compile_layers() if d.compile else flow
 
 

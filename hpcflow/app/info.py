@@ -35,18 +35,20 @@ def info_rows() -> list[tuple[str, str]]:
         ("CPU threads (torch)", f"{torch.get_num_threads()} of {os.cpu_count()} cores"),
         ("CUDA", _cuda_status()),
         ("XPU", _xpu_status()),
-        ("fused splines", _fused_splines_status()),
+        ("fused CPU kernels", _fused_kernels_status()),
     ]
 
 
-def _fused_splines_status() -> str:
-    """Whether the fused CPU spline kernel builds and loads here (``distributed.splines``); asking
-    builds it the first time (~15 s), so that training ranks find it in the cache."""
-    from ..flows.fused import fused_splines_error
+def _fused_kernels_status() -> str:
+    """Whether the fused CPU kernels (splines and loops) build and load here
+    (``distributed.splines``, ``distributed.loops``); asking builds them the first time
+    (~20-30 s), so that training ranks find them in the cache."""
+    from ..flows.fused import fused_kernels_error
 
-    error = fused_splines_error()
-    return "available (distributed.splines: auto uses it on CPUs)" if error is None else (
-        f"unavailable, tensor operations instead: {error}")
+    error = fused_kernels_error()
+    if error is None:
+        return "available (distributed.splines and .loops: auto uses them on CPUs)"
+    return f"unavailable, tensor operations instead: {error}"
 
 
 def _version_of(module: str) -> str:

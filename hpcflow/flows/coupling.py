@@ -22,6 +22,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..lattice.loops import Path, loop_matrix, path_indices, path_table, table_product
+from .fused import loop_product, loops_apply
 from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
@@ -71,12 +72,16 @@ class GaugeCoupling(nn.Module):
     active links of an update move together in one transform call and one ``index_copy``.
     For U(1) on small lattices (``MAX_MATRIX_LINKS``), a loop is a signed sum of link
     angles and each table is kept as a matrix instead (:func:`loop_matrix`): one matrix product
-    per loop family, forward and backward.
+    per loop family, forward and backward. With ``fused_loops``, CPU tensors elsewhere read each
+    loop family from the links by the fused kernel (:func:`hpcflow.flows.fused.loop_product`):
+    one operator call forward and one backward, no extension of the links, no gather.
     """
 
-    def __init__(self, plan: CouplingPlan, link_transform: LinkTransform, net: nn.Module):
+    def __init__(self, plan: CouplingPlan, link_transform: LinkTransform, net: nn.Module, *,
+                 fused_loops: bool = False):
         super().__init__()
         self.link_transform = link_transform
+        self.fused_loops = bool(fused_loops)
         self.net = net
         self.directions = plan.directions
         self.n_updates = len(plan.updates)
@@ -125,35 +130,48 @@ class GaugeCoupling(nn.Module):
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
 
-    def _by_matrix(self, x: torch.Tensor) -> bool:
-        """Whether this layer reads its loops of ``x`` by the loop matrices: U(1) on a small
-        lattice (``self.linear``), CPU tensors, and float32 products in full precision (the
-        products compute the angles themselves: TF32 or bfloat16 products, allowed by
-        ``torch.set_float32_matmul_precision``, would cost ~1e-3 in every angle and the
-        flow's invertibility). Elsewhere the tables gather the extended links."""
-        return self.linear and x.device.type == "cpu" and (
-            x.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")
+    def _reader(self, x: torch.Tensor) -> str:
+        """How this layer reads its loops of the links ``x: [B, Nd V, *E]``: ``"matrix"``, by
+        the loop matrices: U(1) on a small lattice (``self.linear``), CPU tensors, and float32
+        products in full precision (the products compute the angles themselves: TF32 or
+        bfloat16 products, allowed by ``torch.set_float32_matmul_precision``, would cost ~1e-3
+        in every angle and the flow's invertibility); ``"fused"``, by the fused loop kernel
+        (``fused_loops`` and :func:`loops_apply`: CPU, not compiled); else ``"gather"``, the
+        tables gather the extended links."""
+        if self.linear and x.device.type == "cpu" and (
+                x.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"):
+            return "matrix"
+        return "fused" if self.fused_loops and loops_apply(x) else "gather"
 
-    def _loops(self, extended: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    def _loops(self, extended: torch.Tensor, reader: str, k: int | None = None,
+               trace: bool = False) -> torch.Tensor:
         """The frozen loops of the context (``k`` None) or the active loops of update ``k``:
-        ``[B, rows, *E]`` from the extended links ``[B, 2 Nd V + 1, *E]``, or by the loop
-        matrix from the links themselves ``[B, Nd V]`` (the form :meth:`_run` passes where
-        :meth:`_by_matrix`)."""
+        ``[B, rows, *E]``, by ``reader`` (:meth:`_reader`) from the links themselves
+        ``[B, Nd V, *E]`` (``"matrix"``, ``"fused"``) or from the extended links
+        ``[B, 2 Nd V + 1, *E]`` (``"gather"``); ``trace`` (fused matrices only): their
+        traces ``[B, rows]``."""
         kind, suffix = ("feature", "") if k is None else ("update", f"_{k}")
-        if extended.shape[1] == self.n_links:  # one product, no matmul wrapper
+        if reader == "matrix":  # one product, no matmul wrapper
             return torch.mm(extended, getattr(self, f"{kind}_matrix{suffix}"))
-        return table_product(extended, getattr(self, f"{kind}_table{suffix}"),
-                             self.link_transform.algebra)
+        table = getattr(self, f"{kind}_table{suffix}")
+        if reader == "fused":
+            return loop_product(extended, table, trace)
+        return table_product(extended, table, self.link_transform.algebra)
 
-    def _context(self, extended: torch.Tensor) -> torch.Tensor:
+    def _context(self, extended: torch.Tensor, reader: str) -> torch.Tensor:
         """Transform parameters ``[B, S * K * len(directions), P]`` from the frozen loops of
-        the extended links (the links themselves where :meth:`_by_matrix`), at the ``S`` sites of
+        the links (extended where ``reader``, :meth:`_reader`, gathers), at the ``S`` sites of
         the active links (row ``(s * K + k) * D + d``: the ``s``-th of those sites, update
         ``k``, direction ``directions[d]``)."""
         lt = self.link_transform
         b, volume = extended.shape[0], math.prod(self.lattice)
-        w = self._loops(extended)  # [B, F * V, *E]
-        f = lt.loop_features(w.view(b, len(self.feature_paths), volume, *w.shape[2:]))
+        n_feat = len(self.feature_paths)
+        if reader == "fused" and hasattr(lt, "trace_features"):  # SU(N): traces suffice
+            t = self._loops(extended, reader, trace=True)  # [B, F * V]
+            f = lt.trace_features(t.view(b, n_feat, volume))
+        else:
+            w = self._loops(extended, reader)  # [B, F * V, *E]
+            f = lt.loop_features(w.view(b, n_feat, volume, *w.shape[2:]))
         f = f.transpose(1, 2).masked_fill(self.feature_off, 0.0)  # [B, F, C, V]
         h = f.reshape(b, -1, *self.lattice)
         if self.head_at:
@@ -208,8 +226,8 @@ class GaugeCoupling(nn.Module):
         lt = self.link_transform
         shape = x.shape
         flat = x.reshape(shape[0], -1, *shape[2 + len(self.lattice):])
-        by_matrix = self._by_matrix(flat)
-        extended = flat if by_matrix else lt.algebra.extend(flat)
+        reader = self._reader(flat)
+        extended = lt.algebra.extend(flat) if reader == "gather" else flat
         if context is not None:
             params = _ReusedContext.apply(extended, context)
         elif keep is not None:
@@ -217,19 +235,19 @@ class GaugeCoupling(nn.Module):
             # context's derivative there too (the training backward then also forms this
             # leaf's gradient: one layer's input gradient, unused)
             source = extended if extended.requires_grad else extended.detach().requires_grad_()
-            params = self._context(source)
+            params = self._context(source, reader)
             keep.append((source, params))
         else:
-            params = self._context(extended)
+            params = self._context(extended, reader)
         logdet = None
         order = range(self.n_updates - 1, -1, -1) if inverse else range(self.n_updates)
         for n, k in enumerate(order):
             # Every loop of update k is read from the links before the update: no active loop
             # holds another link of the layer, so all of them move at once.
             if n > 0:
-                extended = flat if by_matrix else lt.algebra.extend(flat)
+                extended = lt.algebra.extend(flat) if reader == "gather" else flat
             links = getattr(self, f"update_links_{k}")
-            w = self._loops(extended, k)
+            w = self._loops(extended, reader, k)
             p = params.index_select(1, getattr(self, f"update_params_{k}"))
             w_new, log_j = lt.transform(w, p, inverse=inverse)
             flat = flat.index_copy(1, links, lt.update_link(flat.index_select(1, links), w, w_new))

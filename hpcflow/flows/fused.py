@@ -1,19 +1,24 @@
-"""The fused spline kernel: `csrc/rqs.cpp`, built on first use and loaded as torch operators.
+"""The fused CPU kernels: `csrc/rqs.cpp` and `csrc/loops.cpp`, built on first use and loaded
+as torch operators.
 
 ``torch.ops.hpcflow.rqs_forward`` / ``rqs_backward`` evaluate the rational-quadratic splines of
 :mod:`hpcflow.flows.splines` (circular with bias, and on an interval; forward and inverse) and
 their backward in one pass over the elements, on CPU tensors of float32 or float64: one
 operator call forward and one backward instead of ~40 and ~95 tensor operations (issue 19),
 and about half the time at the sizes of a training step (perf/RESULTS.md).
+``torch.ops.hpcflow.loop_product`` / ``loop_product_backward`` form the ordered products of many
+lattice paths from the links through a gather table (:func:`hpcflow.lattice.loops.
+fused_table_product`: SU(N) matrices and U(1) angles), instead of extending the links,
+gathering and multiplying step by step.
 
-The source is compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
+The sources are compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
 needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
-process asks for it, ~10-15 s, into a folder of ``TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``) named by a hash of the source, the flags and torch's version;
+process asks for them, ~20-30 s, into a folder of ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``) named by a hash of the sources, the flags and torch's version;
 concurrent MPI ranks wait for one build (the loader locks the folder). Later processes load
 the built library directly (``torch.ops.load_library``): no lock, no ninja run, so a rank
-killed at start-up cannot leave a lock behind that would stop the next job. Configuration key
-``distributed.splines`` chooses (docs/config.md).
+killed at start-up cannot leave a lock behind that would stop the next job. Configuration keys
+``distributed.splines`` and ``distributed.loops`` choose (docs/config.md).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fused_splines_error"]
+__all__ = ["fused_kernels_error", "loop_product", "loops_apply"]
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "rqs.cpp"
+SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
+                for name in ("rqs.cpp", "loops.cpp"))
 # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP (torch's
 # CPU builds use OpenMP threads too)
 CFLAGS = ("-O3", "-fopenmp")
@@ -41,9 +47,10 @@ STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a ki
 
 
 def library_name() -> str:
-    """The extension's name: ``hpcflow_rqs_`` and a hash of the source, the flags and torch's
+    """The extension's name: ``hpcflow_rqs_`` and a hash of the sources, the flags and torch's
     version, so that a built library of that name is the one this code needs."""
-    key = SOURCE.read_bytes() + repr((CFLAGS, LDFLAGS, torch.__version__)).encode()
+    key = b"".join(source.read_bytes() for source in SOURCES)
+    key += repr((CFLAGS, LDFLAGS, torch.__version__)).encode()
     return f"hpcflow_rqs_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
@@ -67,7 +74,7 @@ def _remove_stale_lock(cpp_extension) -> None:
         return
     if age > STALE_LOCK_S:
         warnings.warn(f"removing {lock}, left {age / 60:.0f} minutes ago by an interrupted "
-                      "build of the fused spline kernel", stacklevel=3)
+                      "build of the fused CPU kernels", stacklevel=3)
         lock.unlink(missing_ok=True)
 
 
@@ -84,11 +91,11 @@ def _ninja_on_path() -> None:
 
 
 @functools.cache
-def fused_splines_error() -> str | None:
-    """Build (once per source and machine) and load the kernel into this process. ``None`` when
-    ``torch.ops.hpcflow.rqs_forward`` is ready, else why it is not (no compiler, no ninja, a
-    build error): the message of the failure."""
-    if hasattr(torch.ops.hpcflow, "rqs_forward"):
+def fused_kernels_error() -> str | None:
+    """Build (once per source and machine) and load the kernels into this process. ``None``
+    when ``torch.ops.hpcflow.rqs_forward`` and ``loop_product`` are ready, else why not (no
+    compiler, no ninja, a build error): the message of the failure."""
+    if hasattr(torch.ops.hpcflow, "rqs_forward") and hasattr(torch.ops.hpcflow, "loop_product"):
         return None
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
@@ -103,8 +110,9 @@ def fused_splines_error() -> str | None:
             return None
         _ninja_on_path()
         _remove_stale_lock(cpp_extension)
-        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                           extra_ldflags=list(LDFLAGS), is_python_module=False, verbose=False)
+        cpp_extension.load(name=name, sources=[str(source) for source in SOURCES],
+                           extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                           is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any failure means "not available", with its reason
         return f"{type(err).__name__}: {_reason(str(err))}"
     finally:
@@ -119,3 +127,59 @@ def _reason(text: str) -> str:
     keys = ("error:", "not found", "No such file", "Ninja is required", "command not found")
     line = next((ln for ln in lines if any(k in ln for k in keys)), lines[-1] if lines else "")
     return line[:200]
+
+
+def loops_apply(links: torch.Tensor) -> bool:
+    """Whether :func:`loop_product` takes ``links`` (CPU; real angles ``[B, M]`` or complex
+    matrices ``[B, M, N, N]`` with ``N <= 4``; not traced by ``torch.compile``, which fuses the
+    gather and products itself) and the kernels build here; a build that fails is said once
+    (a warning with the reason), and the caller keeps its tensor operations."""
+    if links.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if links.dim() == 2:
+        ok = links.dtype in (torch.float32, torch.float64)
+    else:
+        ok = (links.dim() == 4 and links.dtype in (torch.complex64, torch.complex128)
+              and links.shape[-1] == links.shape[-2] <= 4)
+    if not ok:
+        return False
+    error = fused_kernels_error()
+    if error is not None:
+        warnings.warn(f"the fused loop kernel cannot be built here ({error}); the loops run as "
+                      "torch operations (the same products, slower; distributed.loops)",
+                      stacklevel=3)
+    return error is None
+
+
+def loop_product(links: torch.Tensor, table: torch.Tensor, trace: bool = False
+                 ) -> torch.Tensor:
+    """:func:`hpcflow.lattice.loops.table_product` of ``Algebra.extend(links)``, read from the
+    links themselves by the fused kernel (``csrc/loops.cpp``): ``links: [B, M, *E]`` (angles
+    ``[B, M]`` real, or matrices ``[B, M, N, N]`` complex), ``table: [rows, len]``
+    (:func:`hpcflow.lattice.loops.path_table`, entries in ``[0, 2M]``) -> ``[B, rows, *E]``;
+    with ``trace`` (matrices), the products' traces ``[B, rows]`` (no matrix is stored, forward
+    or backward). One operator call forward and one backward (first order: a second
+    derivative raises). Call where :func:`loops_apply`."""
+    return _LoopProduct.apply(links, table, trace)
+
+
+class _LoopProduct(torch.autograd.Function):
+    """Autograd of :func:`loop_product`; saves the links only (the backward recomputes the
+    products: docs/physics.md, "Fused kernels")."""
+
+    @staticmethod
+    def forward(ctx, links, table, trace):
+        links = links.contiguous()
+        ctx.save_for_backward(links, table)
+        ctx.trace = trace
+        return torch.ops.hpcflow.loop_product(links, table, links.shape[1], trace)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph: the kernel's backward is first order
+            raise RuntimeError("loop_product: second derivatives are not implemented (the fused "
+                               "kernel's backward is first order); differentiate without "
+                               "create_graph=True or set distributed.loops: torch")
+        links, table = ctx.saved_tensors
+        return torch.ops.hpcflow.loop_product_backward(grad, links, table, links.shape[1],
+                                                       ctx.trace), None, None

@@ -657,10 +657,17 @@ class SUNTransform(LinkTransform):
 
     def loop_features(self, w: torch.Tensor) -> torch.Tensor:
         """``w: [B, *L, N, N] -> [B, 2 (N - 1), *L]``: ``Re, Im tr W^k / N``, k = 1..N-1
-        (``tr W^2 = sum_ij W_ij W_ji``: no matrix product)."""
-        t = w.diagonal(0, -2, -1).sum(-1, keepdim=True)  # [B, *L, 1]
+        (:meth:`trace_features` of ``tr W``)."""
+        return self.trace_features(w.diagonal(0, -2, -1).sum(-1))
+
+    def trace_features(self, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`loop_features` from the traces ``t = tr W: [B, *L]`` (complex) alone: for
+        SU(3), ``tr W^2 = (tr W)^2 - 2 conj(tr W)`` (the characteristic polynomial of a special
+        unitary matrix, whose second invariant ``tr adj W = tr W^dagger``), so no matrix
+        product is needed (the fused loop kernel hands over traces only)."""
+        t = t.unsqueeze(-1)  # [B, *L, 1]
         if self.nc == 3:
-            t = torch.cat([t, (w * w.mT).sum((-2, -1))[..., None]], -1)
+            t = torch.cat([t, t * t - 2.0 * t.conj()], -1)
         return torch.view_as_real(t).flatten(-2).movedim(-1, 1) * (1.0 / self.nc)
 
     def spectral(

@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .fused import MAX_BINS, fused_splines_error
+from .fused import MAX_BINS, fused_kernels_error
 
 __all__ = [
     "circular_rqs",
@@ -337,7 +337,7 @@ def _spline(x, params, k, lower, upper, mins, inverse, circular, fused):
     built is said once (a warning with the reason)."""
     if (fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and k <= MAX_BINS and not torch.compiler.is_compiling()):
-        error = fused_splines_error()
+        error = fused_kernels_error()
         if error is None:
             return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
         warnings.warn(f"the fused spline kernel cannot be built here ({error}); the splines "

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
-from hpcflow import build_model, load_config
+from hpcflow import load_config
 from hpcflow.app import build as build_module
 from hpcflow.errors import ConfigError
 from hpcflow.flows.fused import (
@@ -23,17 +23,18 @@ from hpcflow.flows.fused import (
     _reason,
     _remove_stale_lock,
     build_folder,
-    fused_splines_error,
+    fused_kernels_error,
     library_name,
 )
 from hpcflow.flows.splines import circular_rqs, interval_rqs
+from tests.helpers import flows_by_mode
 
 F64 = torch.float64
 TWO_PI = 2.0 * math.pi
 
 
 def test_the_kernel_builds_and_loads():
-    assert fused_splines_error() is None
+    assert fused_kernels_error() is None
     assert hasattr(torch.ops.hpcflow, "rqs_forward")
 
 
@@ -173,15 +174,7 @@ def test_a_flow_with_fused_splines_equals_one_with_tensor_operations(group, shap
     of ~100 per layer) amplifies the per-layer agreement of ~1e-15 exponentially."""
     over = [f"lattice.group={group}", f"lattice.shape={shape}", "action.beta=1.0",
             "model.dtype=float64", "model.net.hidden=[4]"]
-    flows = {}
-    for mode in ("torch", "fused"):
-        cfg = load_config(None, over + [f"distributed.splines={mode}"])
-        torch.manual_seed(0)
-        flows[mode] = build_model(cfg)
-        with torch.no_grad():
-            for prm in flows[mode].parameters():
-                prm.copy_(0.05 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(
-                    prm.numel()), dtype=prm.dtype))
+    flows = flows_by_mode(over, "distributed.splines")
     z = flows["torch"].prior(range(3), seed=1, stream=0, step=0)
     results = {}
     for mode, flow in flows.items():
@@ -203,14 +196,14 @@ def test_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     back to the tensor operations with one warning saying why; ``torch``: never tries."""
     from hpcflow.flows import splines
 
-    assert build_module.fused_splines("torch") is False
-    assert build_module.fused_splines("auto") is True
-    assert build_module.fused_splines("fused") is True
-    monkeypatch.setattr(build_module, "fused_splines_error", lambda: "RuntimeError: no compiler")
+    assert build_module.fused_kernel("torch") is False
+    assert build_module.fused_kernel("auto") is True
+    assert build_module.fused_kernel("fused") is True
+    monkeypatch.setattr(build_module, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     with pytest.raises(ConfigError, match=r"distributed\.splines.*no compiler"):
-        build_module.fused_splines("fused")
-    assert build_module.fused_splines("auto") is True
-    monkeypatch.setattr(splines, "fused_splines_error", lambda: "RuntimeError: no compiler")
+        build_module.fused_kernel("fused")
+    assert build_module.fused_kernel("auto") is True
+    monkeypatch.setattr(splines, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     gen = torch.Generator().manual_seed(13)
     theta = TWO_PI * torch.rand(20, generator=gen, dtype=F64)
     p = torch.randn(20, 13, generator=gen, dtype=F64)
@@ -296,12 +289,12 @@ def test_a_built_kernel_loads_without_the_build_lock(tmp_path):
     import subprocess
     import sys
 
-    assert fused_splines_error() is None  # built
+    assert fused_kernels_error() is None  # built
     lock = build_folder(cpp_extension) / "lock"
     lock.write_text("")
     try:
         res = subprocess.run(
-            [sys.executable, "-c", "from hpcflow.flows.fused import fused_splines_error as f; "
+            [sys.executable, "-c", "from hpcflow.flows.fused import fused_kernels_error as f; "
              "print(f())"], capture_output=True, text=True, timeout=120)
     finally:
         lock.unlink(missing_ok=True)

@@ -216,7 +216,8 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
         assert layer.head_at and layer.n_sites < math.prod(layer.lattice)
         flat = links.reshape(2, -1, *links.shape[2 + len(layer.lattice):])
         extended = lt.algebra.extend(flat)
-        params = layer._context(flat if layer.linear else extended)  # U(1): loop matrices
+        reader = layer._reader(flat)  # U(1): loop matrices
+        params = layer._context(extended if reader == "gather" else flat, reader)
         volume = math.prod(layer.lattice)
         # the whole network's output at every site
         full = layer.net[-1](_body(layer, extended)).reshape(2, -1, lt.n_params, volume)
@@ -224,8 +225,9 @@ def test_context_at_active_sites_equals_full_network(nd, extra):
         other = GaugeCoupling(plan_from_layer(masks), lt, torch.nn.Sequential(*layer.net,
                                                                               torch.nn.Identity()))
         assert not other.head_at
-        torch.testing.assert_close(other._context(flat if other.linear else extended), params,
-                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            other._context(extended if reader == "gather" else flat, reader), params,
+            rtol=0, atol=1e-12)
         dirs = len(layer.directions)
         for k in range(layer.n_updates):
             got = params.index_select(1, getattr(layer, f"update_params_{k}"))
@@ -341,9 +343,9 @@ def test_loop_matrices_only_at_full_float32_precision():
     layer = model.layers[0]
     before = torch.get_float32_matmul_precision()
     try:
-        assert layer._by_matrix(x32)
+        assert layer._reader(x32) == "matrix"
         torch.set_float32_matmul_precision("high")
-        assert not layer._by_matrix(x32) and layer._by_matrix(x32.double())
+        assert layer._reader(x32) != "matrix" and layer._reader(x32.double()) == "matrix"
         u_high, ld_high = model(z)
     finally:
         torch.set_float32_matmul_precision(before)
