@@ -77,7 +77,7 @@ def protocol(cfg: Config) -> list[float]:
 
 
 def fused_kernel(choice: str, key: str = "distributed.splines") -> bool:
-    """``distributed.splines`` or ``distributed.loops`` (``key``) resolved: whether the flow
+    """``distributed.splines`` or ``distributed.kernels`` (``key``) resolved: whether the flow
     asks for the fused C++ kernels for CPU tensors (:mod:`hpcflow.flows.fused`). ``auto``: yes;
     the kernels are built at their first use on a CPU (never on a GPU run or in compiled
     layers), and where they cannot be, the flow runs tensor operations with one warning saying
@@ -100,7 +100,7 @@ def _flow(cfg: Config, schedule) -> GaugeFlow:
                       activation=m.net.activation, conv=m.net.conv, rank=m.net.rank,
                       dtype=DTYPES[m.dtype], eig=m.eig,
                       fused=fused_kernel(d.splines, "distributed.splines"),
-                      fused_loops=fused_kernel(d.loops, "distributed.loops"))
+                      fused_kernels=fused_kernel(d.kernels, "distributed.kernels"))
     return flow.compile_layers() if d.compile else flow
 
 

@@ -478,14 +478,15 @@ class DistributedConfig:
     ``compile``), else torch with a warning; ``fused``, refuse to start without it. Same maps
     to rounding: a run trained with one samples and resumes with another. GPU tensors and
     compiled layers use torch operations."""
-    loops: Literal["auto", "fused", "torch"] = "auto"
+    kernels: Literal["auto", "fused", "torch"] = "auto"
     """How the coupling layers form their loops (the products of links along the frozen and
-    active loops) on CPUs: ``fused``, the C++ kernel ``hpcflow/flows/csrc/loops.cpp`` (one
-    operator call forward and one backward per loop family, read from the links, nothing
-    gathered; built with the spline kernel, the same library); ``torch``, tensor operations
-    (extend the links by their daggers, gather, multiply step by step); ``auto`` and
-    ``fused`` as for ``splines``. Same products to rounding. U(1) flows on lattices of at most
-    512 links read their loops by matrix products whatever this says."""
+    active loops) and the depthwise factors of ``conv: factorized`` networks on CPUs:
+    ``fused``, the C++ kernels ``hpcflow/flows/csrc/loops.cpp`` and ``conv.cpp`` (one operator
+    call forward and one or two backward per loop family or axis; built with the spline
+    kernel, the same library); ``torch``, tensor operations (extend the links by their daggers,
+    gather, multiply step by step; shifted multiply-adds); ``auto`` and ``fused`` as for
+    ``splines``. Same results to rounding. U(1) flows on lattices of at most 512 links read
+    their loops by matrix products whatever this says."""
     compile: bool = False
     """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
     batch shape, no graph breaks, so no host synchronization inside a layer). Same results to

@@ -41,13 +41,13 @@ def info_rows() -> list[tuple[str, str]]:
 
 def _fused_kernels_status() -> str:
     """Whether the fused CPU kernels (splines and loops) build and load here
-    (``distributed.splines``, ``distributed.loops``); asking builds them the first time
+    (``distributed.splines``, ``distributed.kernels``); asking builds them the first time
     (~20-30 s), so that training ranks find them in the cache."""
     from ..flows.fused import fused_kernels_error
 
     error = fused_kernels_error()
     if error is None:
-        return "available (distributed.splines and .loops: auto uses them on CPUs)"
+        return "available (distributed.splines and .kernels: auto uses them on CPUs)"
     return f"unavailable, tensor operations instead: {error}"
 
 

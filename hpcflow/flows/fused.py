@@ -1,5 +1,5 @@
-"""The fused CPU kernels: `csrc/rqs.cpp` and `csrc/loops.cpp`, built on first use and loaded
-as torch operators.
+"""The fused CPU kernels: `csrc/rqs.cpp`, `csrc/loops.cpp` and `csrc/conv.cpp`, built on first
+use and loaded as torch operators.
 
 ``torch.ops.hpcflow.rqs_forward`` / ``rqs_backward`` evaluate the rational-quadratic splines of
 :mod:`hpcflow.flows.splines` (circular with bias, and on an interval; forward and inverse) and
@@ -7,9 +7,12 @@ their backward in one pass over the elements, on CPU tensors of float32 or float
 operator call forward and one backward instead of ~40 and ~95 tensor operations (issue 19),
 and about half the time at the sizes of a training step (perf/RESULTS.md).
 ``torch.ops.hpcflow.loop_product`` / ``loop_product_backward`` form the ordered products of many
-lattice paths from the links through a gather table (:func:`hpcflow.lattice.loops.
-fused_table_product`: SU(N) matrices and U(1) angles), instead of extending the links,
-gathering and multiplying step by step.
+lattice paths from the links through a gather table (:func:`loop_product`, for SU(N) matrices
+and U(1) angles: :func:`hpcflow.lattice.loops.table_product` without extending the links,
+gathering and multiplying step by step). ``torch.ops.hpcflow.depthwise_periodic`` and
+``depthwise_periodic_kernel_grad`` are the depthwise periodic convolution of the CP-factorized
+convolutions (:func:`hpcflow.nn.factorized.depthwise_periodic_conv1d`) and its kernel's
+gradient.
 
 The sources are compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
 needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
@@ -18,7 +21,8 @@ process asks for them, ~20-30 s, into a folder of ``TORCH_EXTENSIONS_DIR`` (defa
 concurrent MPI ranks wait for one build (the loader locks the folder). Later processes load
 the built library directly (``torch.ops.load_library``): no lock, no ninja run, so a rank
 killed at start-up cannot leave a lock behind that would stop the next job. Configuration keys
-``distributed.splines`` and ``distributed.loops`` choose (docs/config.md).
+``distributed.splines`` (the splines) and ``distributed.kernels`` (the loops and the factorized
+convolutions) choose (docs/config.md).
 """
 
 from __future__ import annotations
@@ -34,15 +38,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fused_kernels_error", "loop_product", "loops_apply"]
+__all__ = ["fused_kernels_error", "kernel_builds", "loop_product", "loops_apply"]
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
-                for name in ("rqs.cpp", "loops.cpp"))
+                for name in ("rqs.cpp", "loops.cpp", "conv.cpp"))
 # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP (torch's
 # CPU builds use OpenMP threads too)
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
+OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic")  # one of each source
 STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a killed build
 
 
@@ -93,9 +98,9 @@ def _ninja_on_path() -> None:
 @functools.cache
 def fused_kernels_error() -> str | None:
     """Build (once per source and machine) and load the kernels into this process. ``None``
-    when ``torch.ops.hpcflow.rqs_forward`` and ``loop_product`` are ready, else why not (no
-    compiler, no ninja, a build error): the message of the failure."""
-    if hasattr(torch.ops.hpcflow, "rqs_forward") and hasattr(torch.ops.hpcflow, "loop_product"):
+    when the operators of every source (``OPERATORS``) are ready, else why not (no compiler,
+    no ninja, a build error): the message of the failure."""
+    if all(hasattr(torch.ops.hpcflow, op) for op in OPERATORS):
         return None
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
@@ -141,13 +146,17 @@ def loops_apply(links: torch.Tensor) -> bool:
     else:
         ok = (links.dim() == 4 and links.dtype in (torch.complex64, torch.complex128)
               and links.shape[-1] == links.shape[-2] <= 4)
-    if not ok:
-        return False
+    return ok and kernel_builds("the loops")
+
+
+def kernel_builds(what: str) -> bool:
+    """Whether the kernels build and load here (:func:`fused_kernels_error`); if not, one
+    warning with the reason says that ``what`` run as tensor operations."""
     error = fused_kernels_error()
     if error is not None:
-        warnings.warn(f"the fused loop kernel cannot be built here ({error}); the loops run as "
-                      "torch operations (the same products, slower; distributed.loops)",
-                      stacklevel=3)
+        warnings.warn(f"the fused CPU kernels cannot be built here ({error}); {what} run as "
+                      "torch operations (the same maps, slower; distributed.kernels)",
+                      stacklevel=4)
     return error is None
 
 
@@ -179,7 +188,7 @@ class _LoopProduct(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the kernel's backward is first order
             raise RuntimeError("loop_product: second derivatives are not implemented (the fused "
                                "kernel's backward is first order); differentiate without "
-                               "create_graph=True or set distributed.loops: torch")
+                               "create_graph=True or set distributed.kernels: torch")
         links, table = ctx.saved_tensors
         return torch.ops.hpcflow.loop_product_backward(grad, links, table, links.shape[1],
                                                        ctx.trace), None, None

@@ -173,13 +173,14 @@ def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", b
                hidden: Sequence[int] = (32, 32), kernel_size: int = 3,
                activation: str = "tanh", conv: str = "full", rank: int = 8,
                dtype: torch.dtype = torch.float32, eig: str = "closed",
-               fused: bool = False, fused_loops: bool = False) -> GaugeFlow:
+               fused: bool = False, fused_kernels: bool = False) -> GaugeFlow:
     """An untrained flow on the lattice of ``schedule`` (:func:`hpcflow.masks.build_schedule`):
     one coupling layer per mask layer, each with its context network
     (:func:`hpcflow.nn.build_context_net` with ``hidden``, ``kernel_size``, ``activation``,
     ``conv``, ``rank``); ``eig``: the SU(N) eigen-decomposition, ``fused``: the splines by the
-    fused C++ kernel on CPUs (:func:`make_link_transform`), ``fused_loops``: the coupling layers'
-    loops by the fused C++ kernel on CPUs (:class:`GaugeCoupling`).
+    fused C++ kernel on CPUs (:func:`make_link_transform`), ``fused_kernels``: the coupling layers'
+    loops (:class:`GaugeCoupling`) and the depthwise factors of factorized convolutions
+    (:class:`hpcflow.nn.factorized.CPConvNd`) by the fused C++ kernels on CPUs.
     The last layer of every context network starts at zero, so a new flow is the identity map
     and its ``log q`` is exactly zero.
     """
@@ -192,6 +193,6 @@ def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", b
         out_ch = len(plan.updates) * len(plan.directions) * link_transform.n_params
         net = build_context_net(len(shape), in_ch, out_ch, hidden=tuple(hidden),
                                 kernel_size=kernel_size, activation=activation, conv=conv,
-                                rank=rank, dtype=dtype, lattice=shape)
-        layers.append(GaugeCoupling(plan, link_transform, net, fused_loops=fused_loops))
+                                rank=rank, dtype=dtype, lattice=shape, fused=fused_kernels)
+        layers.append(GaugeCoupling(plan, link_transform, net, fused_loops=fused_kernels))
     return GaugeFlow(group, shape, link_transform, layers, dtype=dtype)

@@ -43,6 +43,7 @@ def build_context_net(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     lattice: Sequence[int] | None = None,
+    fused: bool = False,
 ) -> nn.Sequential:
     """Periodic CNN ``[B, in_channels, *L] -> [B, out_channels, *L]`` on an Nd-dimensional lattice.
 
@@ -52,7 +53,9 @@ def build_context_net(
     an int or ``(R_in, R_out)``). ``kernel_size``: odd int or one odd int per axis.
     ``dtype``/``device``: of the parameters (default: torch's defaults). ``lattice``: the
     extents ``L`` when known (full convolutions then pad by one precomputed gather; any other
-    input size still works). The last layer outputs exactly zero at initialization.
+    input size still works). ``fused``: the depthwise factors of ``"factorized"``
+    convolutions by the fused CPU kernel (:class:`CPConvNd`). The last layer outputs exactly
+    zero at initialization.
     """
     check_positive_ints(nd=nd, in_channels=in_channels, out_channels=out_channels)
     if isinstance(hidden, int | str) or not isinstance(hidden, Sequence):
@@ -79,7 +82,7 @@ def build_context_net(
         if conv == "full":
             layer = ConvNd(nd, c_in, c_out, kernel_size, lattice=lattice, **factory)
         elif conv == "factorized":
-            layer = CPConvNd(nd, c_in, c_out, kernel_size, rank=rank, **factory)
+            layer = CPConvNd(nd, c_in, c_out, kernel_size, rank=rank, fused=fused, **factory)
         else:
             layer = TuckerConvNd(nd, c_in, c_out, kernel_size, rank=rank, **factory)
         layers.append(layer)

@@ -1,5 +1,5 @@
 """The fused C++ loop kernel (hpcflow/flows/csrc/loops.cpp) against the gathered loops of
-``table_product``, and its selection by ``distributed.loops``.
+``table_product``, and its selection by ``distributed.kernels``.
 
 The kernel is part of the library of the spline kernel (built on first use, ~20 s, then
 cached); it must build wherever the suite runs, so a failure here is a failure, not a skip.
@@ -18,6 +18,7 @@ from hpcflow.flows import fused
 from hpcflow.flows.fused import fused_kernels_error, loop_product, loops_apply
 from hpcflow.lattice.groups import Angles, get_group
 from hpcflow.lattice.loops import LOOP_SHAPES, loops_of_shape, path_table, table_product
+from hpcflow.nn.factorized import CPConvNd
 from tests.helpers import flows_by_mode
 
 SHAPE = (3, 4, 2)  # unequal extents, one of 2: paths crossing a link twice
@@ -168,18 +169,19 @@ def test_loop_kernel_rejects_bad_tables_and_links():
 
 
 @pytest.mark.parametrize("group, shape", [("U1", [4, 4, 4]), ("SU2", [4, 4, 4]),
-                                          ("SU3", [4, 4])])
+                                          ("SU3", [4, 4]), ("SU2", [2, 2, 4, 4])])
 def test_a_flow_with_fused_loops_equals_one_with_gathered_loops(group, shape, monkeypatch):
-    """The whole flow (float64), both keys' kernels on against ``distributed.loops=torch``:
-    samples, log q, the inverse, the path-gradient objective (whose inverse pass takes the
-    context's derivative through the kernel's backward) and every parameter's gradient to
-    1e-10. U(1) without its loop matrices (``MAX_MATRIX_LINKS = 0``: production lattices)."""
+    """The whole flow (float64), ``distributed.kernels=fused`` against ``torch``: samples,
+    log q, the inverse, the path-gradient objective (whose inverse pass takes the context's
+    derivative through the kernel's backward) and every parameter's gradient to 1e-10. U(1)
+    without its loop matrices (``MAX_MATRIX_LINKS = 0``: production lattices); in 4D the
+    context networks are factorized (the depthwise convolutions by csrc/conv.cpp)."""
     from hpcflow.flows import coupling
 
     monkeypatch.setattr(coupling, "MAX_MATRIX_LINKS", 0)
     over = [f"lattice.group={group}", f"lattice.shape={shape}", "action.beta=1.0",
             "model.dtype=float64", "model.net.hidden=[4]", "model.multi_update=2"]
-    flows = flows_by_mode(over, "distributed.loops")
+    flows = flows_by_mode(over, "distributed.kernels")
     action = build_action(load_config(None, over))
     z = flows["torch"].prior(range(3), seed=1, stream=0, step=0)
     readers = {}
@@ -194,6 +196,10 @@ def test_a_flow_with_fused_loops_equals_one_with_gathered_loops(group, shape, mo
         grads = torch.autograd.grad(objective, list(flow.parameters()))
         results[mode] = (u.detach(), logdet.detach(), back.detach(), grads)
     assert readers == {"torch": "gather", "fused": "fused"}
+    cp = [m for m in flows["fused"].modules() if isinstance(m, CPConvNd)]
+    assert len(cp) > 0 if len(shape) == 4 else not cp
+    assert all(m.fused for m in cp)
+    assert not any(getattr(m, "fused", False) for m in flows["torch"].modules())
     (u0, l0, b0, g0), (u1, l1, b1, g1) = results["torch"], results["fused"]
     assert (l0 - l0.mean()).abs().max() > 1e-3  # a non-trivial flow
     for a, b in ((u0, u1), (l0, l1), (b0, b1)):
@@ -203,19 +209,19 @@ def test_a_flow_with_fused_loops_equals_one_with_gathered_loops(group, shape, mo
 
 
 def test_loops_key_resolves_and_explains_a_failed_build(monkeypatch):
-    """``distributed.loops: fused`` where the kernels cannot be built: one ConfigError naming
+    """``distributed.kernels: fused`` where the kernels cannot be built: one ConfigError naming
     the key and the reason; ``auto``: the layers fall back to gathering with one warning."""
-    assert build_module.fused_kernel("torch", "distributed.loops") is False
-    assert build_module.fused_kernel("auto", "distributed.loops") is True
+    assert build_module.fused_kernel("torch", "distributed.kernels") is False
+    assert build_module.fused_kernel("auto", "distributed.kernels") is True
     monkeypatch.setattr(build_module, "fused_kernels_error", lambda: "RuntimeError: no compiler")
-    with pytest.raises(ConfigError, match=r"distributed\.loops.*no compiler"):
-        build_module.fused_kernel("fused", "distributed.loops")
+    with pytest.raises(ConfigError, match=r"distributed\.kernels.*no compiler"):
+        build_module.fused_kernel("fused", "distributed.kernels")
     monkeypatch.setattr(fused, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     links, _ = _links("SU3", 1, torch.complex128, 11)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert not loops_apply(links)
-    assert any("no compiler" in str(w.message) and "distributed.loops" in str(w.message)
+    assert any("no compiler" in str(w.message) and "distributed.kernels" in str(w.message)
                for w in caught)
-    with pytest.raises(ConfigError, match="distributed.loops"):
-        load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "distributed.loops=gpu"])
+    with pytest.raises(ConfigError, match="distributed.kernels"):
+        load_config(None, ["lattice.shape=[4, 4]", "action.beta=1.0", "distributed.kernels=gpu"])

@@ -59,9 +59,11 @@ def test_cp_full_weight_is_the_cp_formula():
         assert torch.allclose(w[o, c, j0, j1, j2], expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("axis", [0, 1, 2])
-def test_depthwise_conv1d_equals_reference_and_gradcheck(axis):
-    """Depthwise periodic 1D conv == roll reference with a diagonal kernel; exact gradients."""
+def test_depthwise_conv1d_equals_reference_and_gradcheck(axis, fused):
+    """Depthwise periodic 1D conv == roll reference with a diagonal kernel; exact gradients and
+    second derivatives, as tensor operations and by the fused CPU kernel (csrc/conv.cpp)."""
     torch.manual_seed(8)
     h = torch.randn(2, 3, 5, 4, 2, dtype=F64, requires_grad=True)
     kernel = torch.randn(3, 5, dtype=F64, requires_grad=True)  # k = 5 wraps around L = 2 and 4
@@ -70,11 +72,36 @@ def test_depthwise_conv1d_equals_reference_and_gradcheck(axis):
     w = torch.zeros(3, 3, *ks, dtype=F64)
     for r in range(3):
         w[r, r] = kernel[r].detach().view(ks)
-    assert torch.allclose(depthwise_periodic_conv1d(h, kernel, axis), roll_conv(h, w), atol=1e-12)
-    assert torch.autograd.gradcheck(lambda a, b: depthwise_periodic_conv1d(a, b, axis), (h, kernel))
-    assert torch.autograd.gradgradcheck(
-        lambda a, b: depthwise_periodic_conv1d(a, b, axis), (h, kernel)
-    )
+
+    def conv(a, b):
+        return depthwise_periodic_conv1d(a, b, axis, fused)
+
+    assert torch.allclose(conv(h, kernel), roll_conv(h, w), atol=1e-12)
+    assert torch.autograd.gradcheck(conv, (h, kernel))
+    assert torch.autograd.gradgradcheck(conv, (h, kernel))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fused_depthwise_conv_equals_the_tensor_operations(dtype):
+    """The fused kernel against the tensor path at a factorized network's sizes (4D, k = 3,
+    every axis; a transposed input): values and both gradients, to rounding (float32: the
+    kernel's gradient accumulates in double, so closer)."""
+    from hpcflow.flows.fused import fused_kernels_error
+
+    assert fused_kernels_error() is None
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(4, 8, 4, 3, 5, 4, generator=gen, dtype=dtype).transpose(2, 5)
+    kernel = torch.randn(8, 3, generator=gen, dtype=dtype)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    for axis in range(4):
+        out = {}
+        for fused in (False, True):
+            a, b = h.clone().requires_grad_(), kernel.clone().requires_grad_()
+            y = depthwise_periodic_conv1d(a, b, axis, fused)
+            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(axis), dtype=dtype)
+            out[fused] = (y, *torch.autograd.grad(y, (a, b), cot))
+        for x, z in zip(out[False], out[True], strict=True):
+            assert (x - z).abs().max() <= tol * (1 + x.abs().max())
 
 
 def test_cp_4d_translation_equivariance_and_gradcheck():
