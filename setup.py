@@ -22,8 +22,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hpcflow", "hpcflow.*"]),
     include_package_data=True,
-    # the fused spline kernel's source, compiled on first use (hpcflow/flows/fused.py)
-    package_data={"hpcflow.flows": ["csrc/*.cpp"]},
+    # the fused CPU kernels' sources, compiled on first use (hpcflow/kernels/__init__.py)
+    package_data={"hpcflow.kernels": ["csrc/*.cpp"]},
     install_requires=[
         # A range: clusters bring their own CUDA/ROCm/XPU builds. The CPU install path
         # (Makefile) pins torch==2.13.0, see README.md.

@@ -12,10 +12,11 @@ PKG = Path(__file__).resolve().parents[1] / "hpcflow"
 ALLOWED = {
     "lattice": set(),
     "estimators": set(),
-    "nn": set(),
+    "kernels": set(),
+    "nn": {"kernels"},
     "masks": {"lattice"},
     "updates": {"lattice"},
-    "flows": {"lattice", "masks", "nn", "updates"},
+    "flows": {"lattice", "masks", "nn", "updates", "kernels"},
     "io": {"lattice", "errors", "_version"},
     "distributed": set(),
 }

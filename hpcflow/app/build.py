@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, InputFileError
-from ..flows.fused import fused_kernels_error
 from ..flows.model import GaugeFlow, build_flow
 from ..flows.smearing import StoutSchedule, StoutSmearing, first_order_rho
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
 from ..io.checkpoint import load_latest_checkpoint
+from ..kernels import fused_kernels_error
 from ..lattice.action import GaugeAction
 from ..lattice.algebra import algebra_basis
 from ..lattice.groups import get_group
@@ -78,7 +78,7 @@ def protocol(cfg: Config) -> list[float]:
 
 def fused_kernel(choice: str, key: str = "distributed.splines") -> bool:
     """``distributed.splines`` or ``distributed.kernels`` (``key``) resolved: whether the flow
-    asks for the fused C++ kernels for CPU tensors (:mod:`hpcflow.flows.fused`). ``auto``: yes;
+    asks for the fused C++ kernels for CPU tensors (:mod:`hpcflow.kernels`). ``auto``: yes;
     the kernels are built at their first use on a CPU (never on a GPU run or in compiled
     layers), and where they cannot be, the flow runs tensor operations with one warning saying
     why; ``fused``: built now, a :class:`ConfigError` naming ``key`` where they cannot be;

@@ -471,7 +471,7 @@ class DistributedConfig:
     collective on those steps."""
     splines: Literal["auto", "fused", "torch"] = "auto"
     """How the flow's splines are evaluated on CPUs: ``fused``, the C++ kernel
-    ``hpcflow/flows/csrc/rqs.cpp`` (one operator call forward and one backward per spline; built
+    ``hpcflow/kernels/csrc/rqs.cpp`` (one operator call forward and one backward per spline; built
     by torch's extension loader on first use, ~10 s, then cached under
     ``TORCH_EXTENSIONS_DIR``; needs a C++ compiler); ``torch``, tensor operations; ``auto``,
     fused where it builds (at the first spline on a CPU: never for a run on a GPU or with
@@ -481,7 +481,7 @@ class DistributedConfig:
     kernels: Literal["auto", "fused", "torch"] = "auto"
     """How the coupling layers form their loops (the products of links along the frozen and
     active loops) and the depthwise factors of ``conv: factorized`` networks on CPUs:
-    ``fused``, the C++ kernels ``hpcflow/flows/csrc/loops.cpp`` and ``conv.cpp`` (one operator
+    ``fused``, the C++ kernels ``hpcflow/kernels/csrc/loops.cpp`` and ``conv.cpp`` (one operator
     call forward and one or two backward per loop family or axis; built with the spline
     kernel, the same library); ``torch``, tensor operations (extend the links by their daggers,
     gather, multiply step by step; shifted multiply-adds); ``auto`` and ``fused`` as for

@@ -43,7 +43,7 @@ def _fused_kernels_status() -> str:
     """Whether the fused CPU kernels (splines and loops) build and load here
     (``distributed.splines``, ``distributed.kernels``); asking builds them the first time
     (~20-30 s), so that training ranks find them in the cache."""
-    from ..flows.fused import fused_kernels_error
+    from ..kernels import fused_kernels_error
 
     error = fused_kernels_error()
     if error is None:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..kernels import loop_product, loops_apply
 from ..lattice.loops import Path, loop_matrix, path_indices, path_table, table_product
-from .fused import loop_product, loops_apply
 from .transforms import LinkTransform
 
 __all__ = ["Assignment", "CouplingPlan", "GaugeCoupling"]
@@ -73,7 +73,7 @@ class GaugeCoupling(nn.Module):
     For U(1) on small lattices (``MAX_MATRIX_LINKS``), a loop is a signed sum of link
     angles and each table is kept as a matrix instead (:func:`loop_matrix`): one matrix product
     per loop family, forward and backward. With ``fused_loops``, CPU tensors elsewhere read each
-    loop family from the links by the fused kernel (:func:`hpcflow.flows.fused.loop_product`):
+    loop family from the links by the fused kernel (:func:`hpcflow.kernels.loop_product`):
     one operator call forward and one backward, no extension of the links, no gather.
     """
 

@@ -160,7 +160,7 @@ def make_link_transform(group: Group, kind: str = "spline", bins: int = 8,
     """The transform family of a group: U(1) circular splines (``kind="spline"``) or NCP
     mixtures (``"ncp"``); SU(2)/SU(3) spectral splines with the eigen-decomposition ``eig``
     (``"closed"`` or ``"eigh"``). ``fused``: splines by the fused C++ kernel on CPUs
-    (:mod:`hpcflow.flows.fused`). Other choices raise ``ValueError``."""
+    (:mod:`hpcflow.kernels`). Other choices raise ``ValueError``."""
     if group.nc == 1:
         return U1Transform(kind, bins, fused=fused)
     if kind != "spline":

@@ -627,7 +627,7 @@ class SUNTransform(LinkTransform):
     ``[Re tr W, Im tr W, ..., Re tr W^{N-1}, Im tr W^{N-1}] / N``, gauge invariant and enough
     to fix the spectrum of an SU(N) matrix. ``eig``: the ``method`` of :func:`unitary_eig`
     (``"closed"`` or ``"eigh"``; the flow agrees between them to rounding). ``fused``: the
-    splines by the fused C++ kernel on CPUs (:mod:`hpcflow.flows.fused`; same map to rounding).
+    splines by the fused C++ kernel on CPUs (:mod:`hpcflow.kernels`; same map to rounding).
     """
 
     def __init__(self, group: Group, bins: int = 8, *, modes: int = 2, eig: str = "closed",

@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .fused import MAX_BINS, fused_kernels_error
+from ..kernels import MAX_BINS, fused_kernels_error
 
 __all__ = [
     "circular_rqs",
@@ -303,7 +303,7 @@ class _RQS(torch.autograd.Function):
 
 
 class _FusedRQS(torch.autograd.Function):
-    """`_RQS` by the fused C++ kernel (:mod:`hpcflow.flows.fused`, ``csrc/rqs.cpp``): one
+    """`_RQS` by the fused C++ kernel (:mod:`hpcflow.kernels`, ``csrc/rqs.cpp``): one
     operator call forward, one backward; the same maps and derivatives to rounding. Saves the
     input, the parameters and the softmax of the widths and heights ``[..., 2, K]``."""
 
@@ -376,7 +376,7 @@ def circular_rqs(
             heights; knot slopes `d_k = min_slope + softplus(ud_k + log(expm1(1 - min_slope)))`,
             k = 0..K-1, and `d_K = d_0` so the derivative is continuous across 0 = 2 pi.
         inverse: apply the inverse map.
-        fused: evaluate CPU tensors with the fused C++ kernel (:mod:`hpcflow.flows.fused`; built
+        fused: evaluate CPU tensors with the fused C++ kernel (:mod:`hpcflow.kernels`; built
             on first use; where it cannot be, tensor operations and a warning); the same map to
             rounding.
 

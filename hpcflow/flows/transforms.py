@@ -56,7 +56,7 @@ class U1Transform(LinkTransform):
     spline with bias"), or a mixture of non-compact projections (arXiv:2003.06413).
 
     The Haar measure of U(1) is ``d phi / 2 pi``, so ``log J = log d phi' / d phi``.
-    ``fused``: splines by the fused C++ kernel on CPUs (:mod:`hpcflow.flows.fused`; same map to
+    ``fused``: splines by the fused C++ kernel on CPUs (:mod:`hpcflow.kernels`; same map to
     rounding).
     """
 

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from hpcflow.kernels import kernel_builds
 from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple, mix_rows
 
 
@@ -80,13 +81,11 @@ def depthwise_periodic_conv1d(h: torch.Tensor, kernel: torch.Tensor, axis: int,
     ``h: [B, R, L_0, ..., L_{Nd-1}]``, ``kernel: [R, k]`` (odd k), ``axis`` in ``0..Nd-1``:
     ``out[b, r, ..., n, ...] = sum_j kernel[r, j] * h[b, r, ..., (n + j - k//2) mod L_axis, ...]``.
     ``fused``: on CPUs (float32/float64, not traced by ``torch.compile``), by the fused C++
-    kernel (``hpcflow/flows/csrc/conv.cpp``: one operator call forward, two backward, every
+    kernel (``hpcflow/kernels/csrc/conv.cpp``: one operator call forward, two backward, every
     derivative order), where it builds; the same map to rounding.
     """
     if (fused and h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
             and kernel.dtype == h.dtype and not torch.compiler.is_compiling()):
-        from hpcflow.flows.fused import kernel_builds  # lazy: hpcflow.flows imports this module
-
         if kernel_builds("the factorized convolutions"):
             return _FusedDepthwise.apply(h, kernel, axis)
     return _DepthwisePeriodic.apply(h, kernel, axis)

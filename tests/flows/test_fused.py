@@ -1,4 +1,4 @@
-"""The fused C++ spline kernel (hpcflow/flows/csrc/rqs.cpp) against the splines' tensor
+"""The fused C++ spline kernel (hpcflow/kernels/csrc/rqs.cpp) against the splines' tensor
 operations, and its selection by ``distributed.splines``.
 
 The kernel is built by torch's extension loader the first time a test asks for it (~15 s, then
@@ -18,7 +18,8 @@ from torch.utils import cpp_extension
 from hpcflow import load_config
 from hpcflow.app import build as build_module
 from hpcflow.errors import ConfigError
-from hpcflow.flows.fused import (
+from hpcflow.flows.splines import circular_rqs, interval_rqs
+from hpcflow.kernels import (
     STALE_LOCK_S,
     _reason,
     _remove_stale_lock,
@@ -26,7 +27,6 @@ from hpcflow.flows.fused import (
     fused_kernels_error,
     library_name,
 )
-from hpcflow.flows.splines import circular_rqs, interval_rqs
 from tests.helpers import flows_by_mode
 
 F64 = torch.float64
@@ -294,7 +294,7 @@ def test_a_built_kernel_loads_without_the_build_lock(tmp_path):
     lock.write_text("")
     try:
         res = subprocess.run(
-            [sys.executable, "-c", "from hpcflow.flows.fused import fused_kernels_error as f; "
+            [sys.executable, "-c", "from hpcflow.kernels import fused_kernels_error as f; "
              "print(f())"], capture_output=True, text=True, timeout=120)
     finally:
         lock.unlink(missing_ok=True)

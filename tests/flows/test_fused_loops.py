@@ -1,4 +1,4 @@
-"""The fused C++ loop kernel (hpcflow/flows/csrc/loops.cpp) against the gathered loops of
+"""The fused C++ loop kernel (hpcflow/kernels/csrc/loops.cpp) against the gathered loops of
 ``table_product``, and its selection by ``distributed.kernels``.
 
 The kernel is part of the library of the spline kernel (built on first use, ~20 s, then
@@ -10,12 +10,11 @@ import warnings
 import pytest
 import torch
 
-from hpcflow import build_action, load_config
+from hpcflow import build_action, kernels, load_config
 from hpcflow.app import build as build_module
 from hpcflow.app.propose import path_log_prob
 from hpcflow.errors import ConfigError
-from hpcflow.flows import fused
-from hpcflow.flows.fused import fused_kernels_error, loop_product, loops_apply
+from hpcflow.kernels import fused_kernels_error, loop_product, loops_apply
 from hpcflow.lattice.groups import Angles, get_group
 from hpcflow.lattice.loops import LOOP_SHAPES, loops_of_shape, path_table, table_product
 from hpcflow.nn.factorized import CPConvNd
@@ -216,7 +215,7 @@ def test_loops_key_resolves_and_explains_a_failed_build(monkeypatch):
     monkeypatch.setattr(build_module, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     with pytest.raises(ConfigError, match=r"distributed\.kernels.*no compiler"):
         build_module.fused_kernel("fused", "distributed.kernels")
-    monkeypatch.setattr(fused, "fused_kernels_error", lambda: "RuntimeError: no compiler")
+    monkeypatch.setattr(kernels, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     links, _ = _links("SU3", 1, torch.complex128, 11)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

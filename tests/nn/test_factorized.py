@@ -86,7 +86,7 @@ def test_fused_depthwise_conv_equals_the_tensor_operations(dtype):
     """The fused kernel against the tensor path at a factorized network's sizes (4D, k = 3,
     every axis; a transposed input): values and both gradients, to rounding (float32: the
     kernel's gradient accumulates in double, so closer)."""
-    from hpcflow.flows.fused import fused_kernels_error
+    from hpcflow.kernels import fused_kernels_error
 
     assert fused_kernels_error() is None
     gen = torch.Generator().manual_seed(3)
