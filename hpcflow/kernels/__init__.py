@@ -174,7 +174,7 @@ def loop_product(links: torch.Tensor, table: torch.Tensor, trace: bool = False
 
 class _LoopProduct(torch.autograd.Function):
     """Autograd of :func:`loop_product`; saves the links only (the backward recomputes the
-    products: docs/physics.md, "Fused kernels")."""
+    products: docs/physics.md, "Gauge-equivariant coupling layer")."""
 
     @staticmethod
     def forward(ctx, links, table, trace):
