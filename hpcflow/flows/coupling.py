@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..kernels import loop_product, loops_apply
+from ..kernels import MAX_STEPS, loop_product, loops_apply
 from ..lattice.loops import Path, loop_matrix, path_indices, path_table, table_product
 from .transforms import LinkTransform
 
@@ -126,6 +126,10 @@ class GaugeCoupling(nn.Module):
                 position[site] * self.n_updates * len(self.directions)
                 + k * len(self.directions) + self.directions.index(a.mu)
                 for a, site in zip(update, sites[k], strict=True)]))
+        # the fused loop kernel walks at most MAX_STEPS steps per loop (longer: gather)
+        widths = [self.feature_table.shape[1]] + [
+            getattr(self, f"update_table_{k}").shape[1] for k in range(self.n_updates)]
+        self.fused_loops = self.fused_loops and max(widths) <= MAX_STEPS
 
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fused_kernels_error", "kernel_builds", "loop_product", "loops_apply"]
+__all__ = ["MAX_STEPS", "fused_kernels_error", "kernel_builds", "loop_product", "loops_apply"]
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
                 for name in ("rqs.cpp", "loops.cpp", "conv.cpp"))
@@ -47,6 +47,7 @@ SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
+MAX_STEPS = 64  # kMaxSteps of csrc/loops.cpp: the longest path loop_product walks
 OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic")  # one of each source
 STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a killed build
 
@@ -178,7 +179,7 @@ class _LoopProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, links, table, trace):
-        links = links.contiguous()
+        links = links.resolve_conj().resolve_neg().contiguous()  # the kernel reads the data
         ctx.save_for_backward(links, table)
         ctx.trace = trace
         return torch.ops.hpcflow.loop_product(links, table, links.shape[1], trace)

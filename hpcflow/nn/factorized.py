@@ -144,6 +144,11 @@ class _DepthwisePeriodic(torch.autograd.Function):
         return grad_h, grad_kernel, None
 
 
+def _readable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the fused operators read it: contiguous, no lazy negation."""
+    return t.resolve_neg().contiguous()
+
+
 class _FusedDepthwise(torch.autograd.Function):
     """``depthwise_periodic_conv1d`` by ``torch.ops.hpcflow.depthwise_periodic`` (``flip``: with
     the kernel read backwards). Backward: the input's gradient is the same map with the flipped
@@ -153,10 +158,11 @@ class _FusedDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, kernel: torch.Tensor, axis: int,
                 flip: bool = False) -> torch.Tensor:
-        h, kernel = h.contiguous(), kernel.contiguous()
+        # the inputs themselves are saved (a contiguous copy would cut the graph of a
+        # higher derivative); the operator reads contiguous, resolved data
         ctx.save_for_backward(h, kernel)
         ctx.axis, ctx.flip = axis, flip
-        return torch.ops.hpcflow.depthwise_periodic(h, kernel, axis, flip)
+        return torch.ops.hpcflow.depthwise_periodic(_readable(h), _readable(kernel), axis, flip)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor
@@ -180,10 +186,10 @@ class _FusedKernelGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g: torch.Tensor, h: torch.Tensor, k: int, axis: int) -> torch.Tensor:
-        g, h = g.contiguous(), h.contiguous()
         ctx.save_for_backward(g, h)
         ctx.axis = axis
-        return torch.ops.hpcflow.depthwise_periodic_kernel_grad(g, h, k, axis)
+        return torch.ops.hpcflow.depthwise_periodic_kernel_grad(_readable(g), _readable(h), k,
+                                                                axis)
 
     @staticmethod
     def backward(ctx, c: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,

@@ -44,6 +44,12 @@ def _links(name: str, batch: int, dtype, seed: int) -> tuple[torch.Tensor, objec
     return group.random((batch, n_links), generator=gen, dtype=dtype), group
 
 
+@pytest.fixture(autouse=True)
+def _loaded():
+    """Every test may call the operators directly: load them first (a failure here fails)."""
+    assert fused_kernels_error() is None
+
+
 def test_the_loop_kernel_loads():
     assert fused_kernels_error() is None
     assert hasattr(torch.ops.hpcflow, "loop_product")
@@ -154,6 +160,40 @@ def test_loop_kernel_runs_on_several_threads_with_the_same_result():
         torch.set_num_threads(threads)
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_loop_kernel_reads_conjugated_links_and_empty_batches_and_tables():
+    """Links with torch's lazy conjugation bit (``u.conj()``) are read as their values (the
+    dispatcher resolves the bit before the operator; the operator refuses stored data it would
+    misread). An empty batch or table gives an empty result and gradient."""
+    table = _table(17)
+    links, group = _links("SU3", 2, torch.complex128, 18)
+    conj = links.conj()
+    assert conj.is_conj() and conj.is_contiguous()
+    want = table_product(group.extend(conj.resolve_conj()), table, group)
+    assert (loop_product(conj, table) - want).abs().max() < 1e-13
+    direct = torch.ops.hpcflow.loop_product(conj, table, links.shape[1], False)
+    assert (direct - want).abs().max() < 1e-13
+    for x, t in ((links[:0], table), (links, table[:0])):
+        x = x.clone().requires_grad_()
+        out = loop_product(x, t)
+        assert out.shape == (x.shape[0], t.shape[0], 3, 3)
+        (g,) = torch.autograd.grad(out.abs().sum(), x, allow_unused=True) if out.numel() else (
+            torch.zeros_like(x),)
+        assert g.shape == x.shape and not g.abs().any()
+
+
+def test_layers_whose_loops_are_too_long_for_the_kernel_gather(monkeypatch):
+    """A loop longer than the kernel walks (``MAX_STEPS``) keeps the layer on the gather."""
+    from hpcflow.flows import coupling
+
+    over = ["lattice.group=SU2", "lattice.shape=[4, 4]", "action.beta=1.0",
+            "model.dtype=float64", "model.net.hidden=[4]"]
+    assert all(layer.fused_loops for layer in flows_by_mode(over, "distributed.kernels",
+                                                            ("fused",))["fused"].layers)
+    monkeypatch.setattr(coupling, "MAX_STEPS", 3)
+    flow = flows_by_mode(over, "distributed.kernels", ("fused",))["fused"]
+    assert not any(layer.fused_loops for layer in flow.layers)
 
 
 def test_loop_kernel_rejects_bad_tables_and_links():

@@ -79,6 +79,20 @@ def test_depthwise_conv1d_equals_reference_and_gradcheck(axis, fused):
     assert torch.allclose(conv(h, kernel), roll_conv(h, w), atol=1e-12)
     assert torch.autograd.gradcheck(conv, (h, kernel))
     assert torch.autograd.gradgradcheck(conv, (h, kernel))
+    # non-contiguous inputs: the fused operator reads copies, the graph keeps the inputs
+    ht = h.detach().transpose(2, 4).contiguous().transpose(2, 4).requires_grad_()
+    kt = kernel.detach().t().contiguous().t().requires_grad_()
+    assert not ht.is_contiguous() and not kt.is_contiguous()
+    assert torch.autograd.gradgradcheck(conv, (ht, kt))
+
+
+def test_fused_depthwise_conv_refuses_an_empty_axis():
+    from hpcflow.kernels import fused_kernels_error
+
+    assert fused_kernels_error() is None
+    with pytest.raises(RuntimeError, match="extent along the axis must be > 0"):
+        torch.ops.hpcflow.depthwise_periodic(torch.zeros(1, 2, 0, 3, dtype=F64),
+                                             torch.ones(2, 1, dtype=F64), 0, False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

@@ -33,16 +33,17 @@ struct Layout {
 };
 
 Layout check(const at::Tensor& h, const at::Tensor& kernel, int64_t axis, int64_t k) {
-  TORCH_CHECK(h.device().is_cpu() && h.is_contiguous() && h.dim() >= 3,
-              "depthwise_periodic: h must be a contiguous CPU [B, R, *L]");
+  TORCH_CHECK(h.device().is_cpu() && h.is_contiguous() && h.dim() >= 3 && !h.is_neg(),
+              "depthwise_periodic: h must be a contiguous CPU [B, R, *L] (no lazy negation)");
   TORCH_CHECK(axis >= 0 && axis < h.dim() - 2, "depthwise_periodic: axis out of range");
   TORCH_CHECK(k >= 1 && k % 2 == 1, "depthwise_periodic: the kernel size must be odd");
   if (kernel.defined()) {
     TORCH_CHECK(kernel.is_contiguous() && kernel.dim() == 2 && kernel.size(0) == h.size(1) &&
-                    kernel.scalar_type() == h.scalar_type(),
+                    kernel.scalar_type() == h.scalar_type() && !kernel.is_neg(),
                 "depthwise_periodic: kernel must be a contiguous [R, k] of h's dtype");
   }
   Layout l{h.size(0), h.size(1), 1, h.size(2 + axis), 1};
+  TORCH_CHECK(l.len > 0, "depthwise_periodic: the lattice extent along the axis must be > 0");
   for (int64_t d = 2; d < 2 + axis; ++d) l.pre *= h.size(d);
   for (int64_t d = 3 + axis; d < h.dim(); ++d) l.post *= h.size(d);
   return l;

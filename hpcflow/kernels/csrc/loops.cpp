@@ -174,7 +174,7 @@ void matrix_backward(const C* links, const Table& t, const Grad<C>& grad, C* g_l
       for (int64_t row = 0; row < t.rows; ++row) {
         // the cotangent first: a row with a zero cotangent (a frozen loop masked out of the
         // context) contributes nothing and is skipped
-        Mat<C, N> g;
+        Mat<C, N> g = identity<C, N>();  // the cotangent (not read in trace mode)
         const C gt = trace ? grad.at(b, row) : C(0);
         bool zero = trace ? gt == C(0) : true;
         if (!trace) {
@@ -278,6 +278,9 @@ Table check_table(const at::Tensor& links, const at::Tensor& table, int64_t n_li
   TORCH_CHECK(links.device().is_cpu() && links.is_contiguous() && links.dim() >= 2 &&
                   links.size(1) == n_links,
               "loop_product: links must be contiguous CPU [B, n_links, *E]");
+  // the data are read as stored: torch's lazy conjugation or negation would be lost
+  TORCH_CHECK(!links.is_conj() && !links.is_neg(),
+              "loop_product: links must not carry a lazy conjugation or negation bit");
   const Table t{table.const_data_ptr<int64_t>(), table.size(0), table.size(1), table.stride(0),
                 table.stride(1), n_links};
   for (int64_t row = 0; row < t.rows; ++row)  // a plain pass: no operator calls
