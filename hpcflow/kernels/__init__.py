@@ -179,7 +179,7 @@ class _LoopProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, links, table, trace):
-        links = links.resolve_conj().resolve_neg().contiguous()  # the kernel reads the data
+        links = links.contiguous()  # lazy conjugation: resolved by torch's dispatcher
         ctx.save_for_backward(links, table)
         ctx.trace = trace
         return torch.ops.hpcflow.loop_product(links, table, links.shape[1], trace)

@@ -145,8 +145,9 @@ class _DepthwisePeriodic(torch.autograd.Function):
 
 
 def _readable(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as the fused operators read it: contiguous, no lazy negation."""
-    return t.resolve_neg().contiguous()
+    """``t`` as the fused operators read it: contiguous (a lazy negation is resolved by
+    torch's dispatcher before the operator runs)."""
+    return t.contiguous()
 
 
 class _FusedDepthwise(torch.autograd.Function):

@@ -86,10 +86,15 @@ def test_depthwise_conv1d_equals_reference_and_gradcheck(axis, fused):
     assert torch.autograd.gradgradcheck(conv, (ht, kt))
 
 
-def test_fused_depthwise_conv_refuses_an_empty_axis():
+def test_fused_depthwise_conv_refuses_an_empty_axis_and_reads_lazy_negations():
     from hpcflow.kernels import fused_kernels_error
 
     assert fused_kernels_error() is None
+    h, k = torch.randn(2, 3, 4, 5, dtype=F64), torch.randn(3, 3, dtype=F64)
+    lazy = torch._neg_view(h)
+    assert lazy.is_neg()  # resolved by torch's dispatcher before the operator reads it
+    assert torch.equal(torch.ops.hpcflow.depthwise_periodic(lazy, k, 1, False),
+                       torch.ops.hpcflow.depthwise_periodic(-h, k, 1, False))
     with pytest.raises(RuntimeError, match="extent along the axis must be > 0"):
         torch.ops.hpcflow.depthwise_periodic(torch.zeros(1, 2, 0, 3, dtype=F64),
                                              torch.ones(2, 1, dtype=F64), 0, False)
