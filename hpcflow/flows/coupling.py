@@ -81,7 +81,6 @@ class GaugeCoupling(nn.Module):
                  fused_loops: bool = False):
         super().__init__()
         self.link_transform = link_transform
-        self.fused_loops = bool(fused_loops)
         self.net = net
         self.directions = plan.directions
         self.n_updates = len(plan.updates)
@@ -129,7 +128,7 @@ class GaugeCoupling(nn.Module):
         # the fused loop kernel walks at most MAX_STEPS steps per loop (longer: gather)
         widths = [self.feature_table.shape[1]] + [
             getattr(self, f"update_table_{k}").shape[1] for k in range(self.n_updates)]
-        self.fused_loops = self.fused_loops and max(widths) <= MAX_STEPS
+        self.fused_loops = bool(fused_loops) and max(widths) <= MAX_STEPS
 
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name, value, persistent=False)

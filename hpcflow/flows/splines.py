@@ -21,12 +21,11 @@ Parameter counts per element (the last axis of `params`): `n_params_circular(K) 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from ..kernels import MAX_BINS, fused_kernels_error
+from ..kernels import MAX_BINS, REAL, applies
 
 __all__ = [
     "circular_rqs",
@@ -335,14 +334,8 @@ def _spline(x, params, k, lower, upper, mins, inverse, circular, fused):
     ``MAX_BINS`` bins, not traced by ``torch.compile``, which fuses the operations of `_RQS`
     itself) and builds (the first such call builds it), else `_RQS`; a kernel that cannot be
     built is said once (a warning with the reason)."""
-    if (fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and k <= MAX_BINS and not torch.compiler.is_compiling()):
-        error = fused_kernels_error()
-        if error is None:
-            return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
-        warnings.warn(f"the fused spline kernel cannot be built here ({error}); the splines "
-                      "run as torch operations (the same maps, slower; distributed.splines)",
-                      stacklevel=3)
+    if fused and k <= MAX_BINS and applies(x, REAL, "the splines", "distributed.splines"):
+        return _FusedRQS.apply(x, params, k, lower, upper, mins, inverse, circular)
     return _RQS.apply(x, params, k, lower, upper, mins, inverse, circular)
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MAX_STEPS", "fused_kernels_error", "kernel_builds", "loop_product", "loops_apply"]
+__all__ = ["MAX_STEPS", "applies", "fused_kernels_error", "loop_product", "loops_apply"]
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
                 for name in ("rqs.cpp", "loops.cpp", "conv.cpp"))
@@ -135,30 +135,33 @@ def _reason(text: str) -> str:
     return line[:200]
 
 
-def loops_apply(links: torch.Tensor) -> bool:
-    """Whether :func:`loop_product` takes ``links`` (CPU; real angles ``[B, M]`` or complex
-    matrices ``[B, M, N, N]`` with ``N <= 4``; not traced by ``torch.compile``, which fuses the
-    gather and products itself) and the kernels build here; a build that fails is said once
-    (a warning with the reason), and the caller keeps its tensor operations."""
-    if links.device.type != "cpu" or torch.compiler.is_compiling():
+REAL = (torch.float32, torch.float64)
+COMPLEX = (torch.complex64, torch.complex128)
+
+
+def applies(x: torch.Tensor, dtypes: tuple, what: str, key: str = "distributed.kernels"
+            ) -> bool:
+    """The one rule for every fused kernel: ``x`` is a CPU tensor of one of ``dtypes``, not
+    traced by ``torch.compile`` (which fuses the tensor operations itself), and the kernels
+    build here. A build that fails is said by one warning with the reason (``what`` then run
+    as tensor operations; ``key``: the configuration key that chooses), and the caller keeps
+    its tensor operations."""
+    if x.device.type != "cpu" or x.dtype not in dtypes or torch.compiler.is_compiling():
         return False
-    if links.dim() == 2:
-        ok = links.dtype in (torch.float32, torch.float64)
-    else:
-        ok = (links.dim() == 4 and links.dtype in (torch.complex64, torch.complex128)
-              and links.shape[-1] == links.shape[-2] <= 4)
-    return ok and kernel_builds("the loops")
-
-
-def kernel_builds(what: str) -> bool:
-    """Whether the kernels build and load here (:func:`fused_kernels_error`); if not, one
-    warning with the reason says that ``what`` run as tensor operations."""
     error = fused_kernels_error()
     if error is not None:
         warnings.warn(f"the fused CPU kernels cannot be built here ({error}); {what} run as "
-                      "torch operations (the same maps, slower; distributed.kernels)",
-                      stacklevel=4)
+                      f"torch operations (the same maps, slower; {key})", stacklevel=3)
     return error is None
+
+
+def loops_apply(links: torch.Tensor) -> bool:
+    """Whether :func:`loop_product` takes ``links`` (real angles ``[B, M]`` or complex matrices
+    ``[B, M, N, N]`` with ``N <= 4``) by :func:`applies`."""
+    if links.dim() == 2:
+        return applies(links, REAL, "the loops")
+    return (links.dim() == 4 and links.shape[-1] == links.shape[-2] <= 4
+            and applies(links, COMPLEX, "the loops"))
 
 
 def loop_product(links: torch.Tensor, table: torch.Tensor, trace: bool = False

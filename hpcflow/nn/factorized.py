@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hpcflow.kernels import kernel_builds
+from hpcflow.kernels import REAL, applies
 from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple, mix_rows
 
 
@@ -84,10 +84,8 @@ def depthwise_periodic_conv1d(h: torch.Tensor, kernel: torch.Tensor, axis: int,
     kernel (``hpcflow/kernels/csrc/conv.cpp``: one operator call forward, two backward, every
     derivative order), where it builds; the same map to rounding.
     """
-    if (fused and h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
-            and kernel.dtype == h.dtype and not torch.compiler.is_compiling()):
-        if kernel_builds("the factorized convolutions"):
-            return _FusedDepthwise.apply(h, kernel, axis)
+    if fused and kernel.dtype == h.dtype and applies(h, REAL, "the factorized convolutions"):
+        return _FusedDepthwise.apply(h, kernel, axis)
     return _DepthwisePeriodic.apply(h, kernel, axis)
 
 
@@ -144,12 +142,6 @@ class _DepthwisePeriodic(torch.autograd.Function):
         return grad_h, grad_kernel, None
 
 
-def _readable(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as the fused operators read it: contiguous (a lazy negation is resolved by
-    torch's dispatcher before the operator runs)."""
-    return t.contiguous()
-
-
 class _FusedDepthwise(torch.autograd.Function):
     """``depthwise_periodic_conv1d`` by ``torch.ops.hpcflow.depthwise_periodic`` (``flip``: with
     the kernel read backwards). Backward: the input's gradient is the same map with the flipped
@@ -160,10 +152,10 @@ class _FusedDepthwise(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, kernel: torch.Tensor, axis: int,
                 flip: bool = False) -> torch.Tensor:
         # the inputs themselves are saved (a contiguous copy would cut the graph of a
-        # higher derivative); the operator reads contiguous, resolved data
+        # higher derivative); the operator reads contiguous data
         ctx.save_for_backward(h, kernel)
         ctx.axis, ctx.flip = axis, flip
-        return torch.ops.hpcflow.depthwise_periodic(_readable(h), _readable(kernel), axis, flip)
+        return torch.ops.hpcflow.depthwise_periodic(h.contiguous(), kernel.contiguous(), axis, flip)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor
@@ -189,7 +181,7 @@ class _FusedKernelGrad(torch.autograd.Function):
     def forward(ctx, g: torch.Tensor, h: torch.Tensor, k: int, axis: int) -> torch.Tensor:
         ctx.save_for_backward(g, h)
         ctx.axis = axis
-        return torch.ops.hpcflow.depthwise_periodic_kernel_grad(_readable(g), _readable(h), k,
+        return torch.ops.hpcflow.depthwise_periodic_kernel_grad(g.contiguous(), h.contiguous(), k,
                                                                 axis)
 
     @staticmethod

@@ -194,7 +194,7 @@ def test_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     """``fused`` where the kernel cannot be built: one ConfigError naming the key and the
     reason; ``auto``: the flow asks for the kernel, and its first spline on a CPU tensor falls
     back to the tensor operations with one warning saying why; ``torch``: never tries."""
-    from hpcflow.flows import splines
+    from hpcflow import kernels
 
     assert build_module.fused_kernel("torch") is False
     assert build_module.fused_kernel("auto") is True
@@ -203,14 +203,15 @@ def test_splines_key_resolves_and_explains_a_failed_build(monkeypatch):
     with pytest.raises(ConfigError, match=r"distributed\.splines.*no compiler"):
         build_module.fused_kernel("fused")
     assert build_module.fused_kernel("auto") is True
-    monkeypatch.setattr(splines, "fused_kernels_error", lambda: "RuntimeError: no compiler")
+    monkeypatch.setattr(kernels, "fused_kernels_error", lambda: "RuntimeError: no compiler")
     gen = torch.Generator().manual_seed(13)
     theta = TWO_PI * torch.rand(20, generator=gen, dtype=F64)
     p = torch.randn(20, 13, generator=gen, dtype=F64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out, logdet = circular_rqs(theta, p, fused=True)
-    assert any("no compiler" in str(w.message) for w in caught)
+    assert any("no compiler" in str(w.message) and "distributed.splines" in str(w.message)
+               for w in caught)
     want = circular_rqs(theta, p)
     assert torch.equal(out, want[0]) and torch.equal(logdet, want[1])
     with pytest.raises(ConfigError, match="distributed.splines"):

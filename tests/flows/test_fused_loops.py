@@ -164,8 +164,8 @@ def test_loop_kernel_runs_on_several_threads_with_the_same_result():
 
 def test_loop_kernel_reads_conjugated_links_and_empty_batches_and_tables():
     """Links with torch's lazy conjugation bit (``u.conj()``) are read as their values (the
-    dispatcher resolves the bit before the operator; the operator refuses stored data it would
-    misread). An empty batch or table gives an empty result and gradient."""
+    dispatcher resolves the bit before the operator runs). An empty batch or table gives an
+    empty result and gradient."""
     table = _table(17)
     links, group = _links("SU3", 2, torch.complex128, 18)
     conj = links.conj()

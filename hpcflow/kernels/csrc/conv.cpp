@@ -33,13 +33,13 @@ struct Layout {
 };
 
 Layout check(const at::Tensor& h, const at::Tensor& kernel, int64_t axis, int64_t k) {
-  TORCH_CHECK(h.device().is_cpu() && h.is_contiguous() && h.dim() >= 3 && !h.is_neg(),
-              "depthwise_periodic: h must be a contiguous CPU [B, R, *L] (no lazy negation)");
+  TORCH_CHECK(h.device().is_cpu() && h.is_contiguous() && h.dim() >= 3,
+              "depthwise_periodic: h must be a contiguous CPU [B, R, *L]");
   TORCH_CHECK(axis >= 0 && axis < h.dim() - 2, "depthwise_periodic: axis out of range");
   TORCH_CHECK(k >= 1 && k % 2 == 1, "depthwise_periodic: the kernel size must be odd");
   if (kernel.defined()) {
     TORCH_CHECK(kernel.is_contiguous() && kernel.dim() == 2 && kernel.size(0) == h.size(1) &&
-                    kernel.scalar_type() == h.scalar_type() && !kernel.is_neg(),
+                    kernel.scalar_type() == h.scalar_type(),
                 "depthwise_periodic: kernel must be a contiguous [R, k] of h's dtype");
   }
   Layout l{h.size(0), h.size(1), 1, h.size(2 + axis), 1};

@@ -21,7 +21,8 @@
 // a dagger step M_s = U^H gives grad U = (grad M_s)^H. The backward recomputes the products
 // from the links (nothing saved but the links) and runs one batch element per task, so that
 // the accumulation into the links' gradient needs no atomics. The cotangent is read with its
-// strides and conjugation bit as given (autograd hands over transposed or conjugated views).
+// strides as given (autograd hands over transposed or expanded views; torch's dispatcher
+// resolves a lazy conjugation or negation before a custom operator runs).
 //
 // Registered as torch.ops.hpcflow.loop_product / loop_product_backward (CPU; float32, float64,
 // complex64, complex128).
@@ -117,19 +118,13 @@ struct Table {
   int64_t at(int64_t row, int64_t step) const { return data[row * s_row + step * s_step]; }
 };
 
-// A cotangent read in place: any strides, torch's lazy conjugation bit applied on reading.
+// A cotangent read in place, any strides.
 template <typename T>
 struct Grad {
   const T* data;
   int64_t s0, s1, s2, s3;
-  bool conj;
   T at(int64_t b, int64_t row, int64_t i = 0, int64_t j = 0) const {
-    const T v = data[b * s0 + row * s1 + i * s2 + j * s3];
-    if constexpr (c10::is_complex<T>::value) {
-      return conj ? std::conj(v) : v;
-    } else {
-      return v;
-    }
+    return data[b * s0 + row * s1 + i * s2 + j * s3];
   }
 };
 
@@ -278,9 +273,6 @@ Table check_table(const at::Tensor& links, const at::Tensor& table, int64_t n_li
   TORCH_CHECK(links.device().is_cpu() && links.is_contiguous() && links.dim() >= 2 &&
                   links.size(1) == n_links,
               "loop_product: links must be contiguous CPU [B, n_links, *E]");
-  // the data are read as stored: torch's lazy conjugation or negation would be lost
-  TORCH_CHECK(!links.is_conj() && !links.is_neg(),
-              "loop_product: links must not carry a lazy conjugation or negation bit");
   const Table t{table.const_data_ptr<int64_t>(), table.size(0), table.size(1), table.stride(0),
                 table.stride(1), n_links};
   for (int64_t row = 0; row < t.rows; ++row)  // a plain pass: no operator calls
@@ -317,7 +309,7 @@ template <typename T>
 Grad<T> read_grad(const at::Tensor& grad) {
   std::vector<int64_t> st(grad.strides().begin(), grad.strides().end());
   st.resize(4, 0);
-  return Grad<T>{grad.const_data_ptr<T>(), st[0], st[1], st[2], st[3], grad.is_conj()};
+  return Grad<T>{grad.const_data_ptr<T>(), st[0], st[1], st[2], st[3]};
 }
 
 at::Tensor loop_product(const at::Tensor& links, const at::Tensor& table, int64_t n_links,
@@ -345,11 +337,10 @@ at::Tensor loop_product(const at::Tensor& links, const at::Tensor& table, int64_
   return out;
 }
 
-at::Tensor loop_product_backward(const at::Tensor& grad_in, const at::Tensor& links,
+at::Tensor loop_product_backward(const at::Tensor& grad, const at::Tensor& links,
                                  const at::Tensor& table, int64_t n_links, bool trace) {
   const Table t = check_table(links, table, n_links);
   const int64_t batch = links.size(0);
-  const at::Tensor grad = grad_in.resolve_neg();
   const bool matrix = is_matrix(links);
   const int64_t dims = matrix && !trace ? 4 : 2;
   TORCH_CHECK(grad.scalar_type() == links.scalar_type() && grad.dim() == dims &&
