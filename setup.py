@@ -23,7 +23,7 @@ setup(
     packages=find_packages(include=["hpcflow", "hpcflow.*"]),
     include_package_data=True,
     # the fused CPU kernels' sources, compiled on first use (hpcflow/kernels/__init__.py)
-    package_data={"hpcflow.kernels": ["csrc/*.cpp"]},
+    package_data={"hpcflow.kernels": ["csrc/*.cpp", "csrc/*.h"]},
     install_requires=[
         # A range: clusters bring their own CUDA/ROCm/XPU builds. The CPU install path
         # (Makefile) pins torch==2.13.0, see README.md.

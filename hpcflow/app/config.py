@@ -470,8 +470,9 @@ class DistributedConfig:
     the check is the barrier anyway, no extra collective); N: also every N steps, a second
     collective on those steps."""
     splines: Literal["auto", "fused", "torch"] = "auto"
-    """How the flow's splines are evaluated on CPUs: ``fused``, the C++ kernel
-    ``hpcflow/kernels/csrc/rqs.cpp`` (one operator call forward and one backward per spline; built
+    """How the flow's splines are evaluated on CPUs: ``fused``, the C++ kernels
+    ``hpcflow/kernels/csrc/rqs.cpp`` and, for SU(3)'s whole eigen-angle map, ``su3.cpp`` (one
+    operator call forward and one backward per spline or map; built
     by torch's extension loader on first use, ~10 s, then cached under
     ``TORCH_EXTENSIONS_DIR``; needs a C++ compiler); ``torch``, tensor operations; ``auto``,
     fused where it builds (at the first spline on a CPU: never for a run on a GPU or with

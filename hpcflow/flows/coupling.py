@@ -142,7 +142,7 @@ class GaugeCoupling(nn.Module):
         (``fused_loops`` and :func:`loops_apply`: CPU, not compiled); else ``"gather"``, the
         tables gather the extended links."""
         if self.linear and x.device.type == "cpu" and (
-                x.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"):
+                x.dtype == torch.float64 or _exact_float32_products()):
             return "matrix"
         return "fused" if self.fused_loops and loops_apply(x) else "gather"
 
@@ -289,6 +289,14 @@ class _ReusedContext(torch.autograd.Function):
         extended_fwd, params_fwd = ctx.source
         (g,) = torch.autograd.grad(params_fwd, extended_fwd, grad, retain_graph=True)
         return g, None
+
+
+@torch.compiler.assume_constant_result
+def _exact_float32_products() -> bool:
+    """Whether float32 matrix products run in full precision (``torch.set_float32_matmul_precision
+    ("highest")``, the default); a constant of a compiled graph (dynamo cannot trace the query,
+    which returns a string: a compiled float32 U(1) layer stopped there)."""
+    return torch.get_float32_matmul_precision() == "highest"
 
 
 def _trace_cached_tables_quietly() -> None:

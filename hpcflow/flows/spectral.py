@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..kernels import MAX_BINS, MAX_MODES, REAL, applies
 from ..lattice.eigen import closed_form_eig, eigh_eig, in_inference_mode
 from ..lattice.groups import SUN, Group
 from .splines import interval_rqs, n_params_interval
@@ -470,7 +471,7 @@ def _tables(bins: int, modes: int, dtype: torch.dtype, device: torch.device,
     slots[free] = torch.arange(n)
     slots[1, 0, d0], slots[1, 0, dk] = n + 1, n + 2
     tied = torch.tensor([[0.0, 1.0, (-1.0) ** m] for m in range(modes)], dtype=torch.float64)
-    return _Tables(slots.flatten().to(device), slots[0, :, dk].to(device),
+    return _Tables(slots.flatten().to(device), slots[0, :, dk].contiguous().to(device),
                    tied.to(dtype=dtype, device=device))
 
 
@@ -553,11 +554,17 @@ def su3_spectral(
         params: ``[..., n_params_su3(bins, modes)]``; zero gives the identity.
         bins, modes: spline bins ``K`` and series length ``M``.
         inverse: apply the inverse map.
-        fused: the splines by the fused C++ kernel on CPUs (:func:`interval_rqs`).
+        fused: on CPUs, the forward map as one fused C++ operator each way
+            (:class:`_FusedSU3Spectral`, ``csrc/su3.cpp``), the inverse with the fused splines
+            (:func:`interval_rqs`); the same maps to rounding.
 
     Returns:
         ``phi': [..., 3]`` in the order of ``phi`` and ``log J: [...]`` of the map applied.
     """
+    if fused and not inverse and _su3_fused_applies(phi, bins, modes):
+        if params.shape[:-1] != phi.shape[:-1]:
+            params = params.expand(*phi.shape[:-1], params.shape[-1])
+        return _FusedSU3Spectral.apply(phi, params.to(phi.dtype), bins, modes)
     s, perm = sorted_angles(phi)
     w, r = _su3_cell_pairs(s)
     coeff_w, coeff_r = _su3_coefficients(params.to(s.dtype), bins, modes)
@@ -571,6 +578,47 @@ def su3_spectral(
     r_new, ld_r = _interval_map(r, _series(w_new[..., 0], coeff_r, False), 1.0, False, fused)
     log_j = _su3_log_j(w, r, w_new, r_new, ld_w, ld_r)
     return _unsort(su3_from_cell(w_new[..., 0], r_new[..., 0]), perm), log_j
+
+
+# interval_rqs's bin minima, which _interval_map uses (its defaults)
+_SPLINE_MINS = tuple(interval_rqs.__kwdefaults__[key]
+                     for key in ("min_width", "min_height", "min_slope"))
+
+
+def _su3_fused_applies(phi: torch.Tensor, bins: int, modes: int) -> bool:
+    """Whether the fused kernel takes this map: within its sizes, and :func:`applies`."""
+    return (bins <= MAX_BINS and modes <= MAX_MODES
+            and applies(phi, REAL, "the splines", "distributed.splines"))
+
+
+class _FusedSU3Spectral(torch.autograd.Function):
+    """The forward :func:`su3_spectral` as the fused C++ kernel (:mod:`hpcflow.kernels`,
+    ``csrc/su3.cpp``): the sort, the cell, the coefficient table, both coupling splines, the
+    log-Jacobian and the unsort per element, one operator call forward and one backward (which
+    recomputes the element) instead of ~280 and ~400. Saves ``phi`` and ``params`` only. First
+    order, as the splines."""
+
+    @staticmethod
+    def forward(ctx, phi, params, bins, modes):
+        phi, params = phi.contiguous(), params.contiguous()
+        t = _tables(bins, modes, phi.dtype, phi.device, in_inference_mode())
+        ctx.spec = (bins, modes, *_SPLINE_MINS)
+        ctx.save_for_backward(phi, params, t.slots, t.d_k, t.tied)
+        return torch.ops.hpcflow.su3_spectral(phi, params, t.slots, t.d_k, t.tied, *ctx.spec)
+
+    @staticmethod
+    def backward(ctx, g_phi, g_log_j):
+        if torch.is_grad_enabled():  # create_graph: first order only, as the splines
+            raise RuntimeError(
+                "su3_spectral: second derivatives are not implemented (the fused kernel's "
+                "backward is first order); differentiate without create_graph=True or set "
+                "distributed.splines: torch")
+        phi, params, slots, d_k, tied = ctx.saved_tensors
+        g_phi = torch.zeros_like(phi) if g_phi is None else g_phi
+        g_log_j = phi.new_zeros(phi.shape[:-1]) if g_log_j is None else g_log_j
+        g_x, g_p = torch.ops.hpcflow.su3_spectral_backward(phi, params, slots, d_k, tied, g_phi,
+                                                           g_log_j, *ctx.spec)
+        return g_x, g_p, None, None
 
 
 def _su3_log_j(w, r, w_new, r_new, ld_w, ld_r):

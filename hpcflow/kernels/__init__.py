@@ -1,5 +1,5 @@
-"""The fused CPU kernels: `csrc/rqs.cpp`, `csrc/loops.cpp` and `csrc/conv.cpp`, built on first
-use and loaded as torch operators.
+"""The fused CPU kernels: `csrc/rqs.cpp`, `csrc/loops.cpp`, `csrc/conv.cpp` and `csrc/su3.cpp`,
+built on first use and loaded as torch operators.
 
 ``torch.ops.hpcflow.rqs_forward`` / ``rqs_backward`` evaluate the rational-quadratic splines of
 :mod:`hpcflow.flows.splines` (circular with bias, and on an interval; forward and inverse) and
@@ -12,7 +12,10 @@ and U(1) angles: :func:`hpcflow.lattice.loops.table_product` without extending t
 gathering and multiplying step by step). ``torch.ops.hpcflow.depthwise_periodic`` and
 ``depthwise_periodic_kernel_grad`` are the depthwise periodic convolution of the CP-factorized
 convolutions (:func:`hpcflow.nn.factorized.depthwise_periodic_conv1d`) and its kernel's
-gradient.
+gradient. ``torch.ops.hpcflow.su3_spectral`` / ``su3_spectral_backward`` are SU(3)'s whole
+eigen-angle map (:func:`hpcflow.flows.spectral.su3_spectral`: sort, canonical cell, the two
+coupling splines with their series parameters, the Haar log-Jacobian), one call each way
+instead of ~280 and ~400 (the splines' element code is shared with ``rqs.cpp``: ``rqs.h``).
 
 The sources are compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
 needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
@@ -41,23 +44,25 @@ import torch
 __all__ = ["MAX_STEPS", "applies", "fused_kernels_error", "loop_product", "loops_apply"]
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
-                for name in ("rqs.cpp", "loops.cpp", "conv.cpp"))
+                for name in ("rqs.cpp", "loops.cpp", "conv.cpp", "su3.cpp"))
+HEADERS = (Path(__file__).resolve().parent / "csrc" / "rqs.h",)  # included by rqs.cpp, su3.cpp
 # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP (torch's
 # CPU builds use OpenMP threads too)
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
 MAX_STEPS = 64  # kMaxSteps of csrc/loops.cpp: the longest path loop_product walks
-OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic")  # one of each source
+MAX_MODES = 8  # kMaxModes of csrc/su3.cpp
+OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic", "su3_spectral")  # one a source
 STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a killed build
 
 
 def library_name() -> str:
-    """The extension's name: ``hpcflow_rqs_`` and a hash of the sources, the flags and torch's
+    """The extension's name: ``hpcflow_kernels_`` and a hash of the sources, the flags and torch's
     version, so that a built library of that name is the one this code needs."""
-    key = b"".join(source.read_bytes() for source in SOURCES)
+    key = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     key += repr((CFLAGS, LDFLAGS, torch.__version__)).encode()
-    return f"hpcflow_rqs_{hashlib.sha256(key).hexdigest()[:12]}"
+    return f"hpcflow_kernels_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def build_folder(cpp_extension) -> Path:

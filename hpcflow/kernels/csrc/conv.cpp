@@ -49,41 +49,59 @@ Layout check(const at::Tensor& h, const at::Tensor& kernel, int64_t axis, int64_
   return l;
 }
 
-// shift[j] = (j - c) mod L, in [0, L)
-std::vector<int64_t> shifts(int64_t k, int64_t len) {
-  std::vector<int64_t> s(k);
-  for (int64_t j = 0; j < k; ++j) s[j] = (((j - k / 2) % len) + len) % len;
-  return s;
+// index[n * k + j] = (n + j - c) mod L, in [0, L): the source row of tap j at position n
+std::vector<int64_t> taps(int64_t k, int64_t len) {
+  std::vector<int64_t> index(len * k);
+  for (int64_t n = 0; n < len; ++n)
+    for (int64_t j = 0; j < k; ++j) index[n * k + j] = (((n + j - k / 2) % len) + len) % len;
+  return index;
 }
 
+// One task per (b, r): the kernel row is read once and no index is divided per line. Lines
+// along the last axis (post = 1) are summed tap by tap in registers; otherwise each tap adds
+// a row of `post` contiguous values.
 template <typename T>
 void conv_kernel(const T* h, const T* kernel, T* out, const Layout& l, int64_t k, bool flip) {
-  const std::vector<int64_t> sh = shifts(k, l.len);
-  const int64_t plane = l.len * l.post;
-  at::parallel_for(0, l.batch * l.rank * l.pre, 16, [&](int64_t begin, int64_t end) {
+  const std::vector<int64_t> index = taps(k, l.len);
+  const int64_t* ix = index.data();
+  const int64_t plane = l.len * l.post, block = l.pre * plane;
+  at::parallel_for(0, l.batch * l.rank, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> wk(k);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = (i / l.pre) % l.rank;
-      const T* src = h + i * plane;
-      T* dst = out + i * plane;
-      const T* w = kernel + r * k;
-      for (int64_t n = 0; n < l.len; ++n) {
-        T* o = dst + n * l.post;
-        for (int64_t q = 0; q < l.post; ++q) o[q] = T(0);
-        for (int64_t j = 0; j < k; ++j) {
-          int64_t m = n + sh[j];
-          if (m >= l.len) m -= l.len;
-          const T* x = src + m * l.post;
-          const T wj = w[flip ? k - 1 - j : j];
-          for (int64_t q = 0; q < l.post; ++q) o[q] += wj * x[q];
+      const int64_t r = i % l.rank;
+      for (int64_t j = 0; j < k; ++j) wk[j] = kernel[r * k + (flip ? k - 1 - j : j)];
+      for (int64_t p = 0; p < l.pre; ++p) {
+        const T* src = h + i * block + p * plane;
+        T* dst = out + i * block + p * plane;
+        if (l.post == 1) {
+          for (int64_t n = 0; n < l.len; ++n) {
+            T s = T(0);
+            for (int64_t j = 0; j < k; ++j) s += wk[j] * src[ix[n * k + j]];
+            dst[n] = s;
+          }
+          continue;
+        }
+        for (int64_t n = 0; n < l.len; ++n) {
+          T* o = dst + n * l.post;
+          for (int64_t q = 0; q < l.post; ++q) o[q] = T(0);
+          for (int64_t j = 0; j < k; ++j) {
+            const T* x = src + ix[n * k + j] * l.post;
+            const T wj = wk[j];
+            for (int64_t q = 0; q < l.post; ++q) o[q] += wj * x[q];
+          }
         }
       }
     }
   });
 }
 
+// One task per r (the sums over b, p, n, q run in a fixed order: the same result for any
+// number of threads), accumulated in double; along the last axis (post = 1) the k taps are k
+// independent sums over the lines.
 template <typename T>
 void kernel_grad_kernel(const T* g, const T* h, T* out, const Layout& l, int64_t k) {
-  const std::vector<int64_t> sh = shifts(k, l.len);
+  const std::vector<int64_t> index = taps(k, l.len);
+  const int64_t* ix = index.data();
   const int64_t plane = l.len * l.post;
   at::parallel_for(0, l.rank, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> acc(k);
@@ -94,13 +112,18 @@ void kernel_grad_kernel(const T* g, const T* h, T* out, const Layout& l, int64_t
           const int64_t i = (b * l.rank + r) * l.pre + p;
           const T* gi = g + i * plane;
           const T* hi = h + i * plane;
+          if (l.post == 1) {
+            for (int64_t n = 0; n < l.len; ++n) {
+              const double gn = static_cast<double>(gi[n]);
+              for (int64_t j = 0; j < k; ++j) acc[j] += gn * hi[ix[n * k + j]];
+            }
+            continue;
+          }
           for (int64_t j = 0; j < k; ++j) {
             double s = 0.0;
             for (int64_t n = 0; n < l.len; ++n) {
-              int64_t m = n + sh[j];
-              if (m >= l.len) m -= l.len;
               const T* a = gi + n * l.post;
-              const T* x = hi + m * l.post;
+              const T* x = hi + ix[n * k + j] * l.post;
               for (int64_t q = 0; q < l.post; ++q) s += static_cast<double>(a[q]) * x[q];
             }
             acc[j] += s;
