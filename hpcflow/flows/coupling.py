@@ -295,8 +295,14 @@ class _ReusedContext(torch.autograd.Function):
 def _exact_float32_products() -> bool:
     """Whether float32 matrix products run in full precision (``torch.set_float32_matmul_precision
     ("highest")``, the default); a constant of a compiled graph (dynamo cannot trace the query,
-    which returns a string: a compiled float32 U(1) layer stopped there)."""
-    return torch.get_float32_matmul_precision() == "highest"
+    which returns a string: a compiled float32 U(1) layer stopped there). Where the precision
+    was set through torch's newer per-backend settings, the legacy query raises; then the CPU
+    (oneDNN) matmul setting decides, or the generic one where that is ``"none"``."""
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:
+        cpu = torch.backends.mkldnn.matmul.fp32_precision
+        return (torch.backends.fp32_precision if cpu == "none" else cpu) in ("ieee", "none")
 
 
 def _trace_cached_tables_quietly() -> None:

@@ -561,6 +561,9 @@ def su3_spectral(
     Returns:
         ``phi': [..., 3]`` in the order of ``phi`` and ``log J: [...]`` of the map applied.
     """
+    if params.shape[-1] != n_params_su3(bins, modes):
+        raise ValueError(f"su3_spectral: params.shape[-1] must be n_params_su3({bins}, {modes}) = "
+                         f"{n_params_su3(bins, modes)}, got {params.shape[-1]}")
     if fused and not inverse and _su3_fused_applies(phi, bins, modes):
         if params.shape[:-1] != phi.shape[:-1]:
             params = params.expand(*phi.shape[:-1], params.shape[-1])

@@ -285,9 +285,12 @@ class _RQS(torch.autograd.Function):
         else:
             g_in, g_knots = loc.vjp(g_out, g_logdet)
         g_table = p.new_zeros(table_shape).scatter_add(-1, ends, g_knots)
-        # knots = lower + span * [0, C_1 .. C_{K-1}, 1] with C_j = sum_{i<j} frac_i
-        c = torch.cumsum(g_table[..., :2, :k], dim=-1)
-        g_frac = span * (c[..., -1:] - c)
+        # knots = lower + span * [0, C_1 .. C_{K-1}, 1] with C_j = sum_{i<j} frac_i: fraction i
+        # moves the interior knots j > i, g_frac_i = span * sum_{i<j<K} g_knot_j, summed from
+        # the top (a running sum from knot 0 would carry the cotangent of that fixed knot and
+        # cancel it by rounding: eps times a cotangent that near the SU(3) identity is ~1/w)
+        tail = g_table[..., :2, 1:k].flip(-1).cumsum(-1).flip(-1)
+        g_frac = span * F.pad(tail, (0, 1))
         scale = (1.0 - k * mw) if mw == mh else torch.tensor(
             [[1.0 - k * mw], [1.0 - k * mh]], dtype=p.dtype, device=p.device)
         g_p = g_frac * scale

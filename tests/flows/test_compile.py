@@ -6,6 +6,10 @@ per direction without graph breaks (`fullgraph=True` raises on a break, so a hos
 synchronization inside a layer would fail here).
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from hpcflow import build_action, build_model, load_config
@@ -75,3 +79,18 @@ def test_compiled_float32_u1_layers_equal_eager():
     (u0, l0), (u1, l1) = eager(z), compiled(z)
     torch.testing.assert_close(u1, u0, rtol=0, atol=1e-5)
     torch.testing.assert_close(l1, l0, rtol=0, atol=1e-4)
+
+
+def test_exact_float32_products_reads_the_newer_precision_settings():
+    """Once the matmul precision is set through torch's per-backend settings, the legacy query
+    raises; the loop reader's choice then follows the CPU (oneDNN) setting. In a subprocess:
+    the settings are global to a process."""
+    code = ("import torch\n"
+            "from hpcflow.flows.coupling import _exact_float32_products as exact\n"
+            "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'\n"
+            "a = exact()\n"
+            "torch.backends.mkldnn.matmul.fp32_precision = 'ieee'\n"
+            "print(a, exact())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "True"]

@@ -70,10 +70,13 @@ def test_fused_map_equals_the_tensor_path_in_float64(scale):
         assert got[1].abs().max() > 0.1  # a non-trivial map
 
 
-def test_fused_gradient_near_the_identity_agrees_with_finite_differences():
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradient_near_the_identity_agrees_with_finite_differences(fused):
     """A spread of 1e-8 around the identity: the chain through ``r = (y - x) / (z - x)`` divides
-    by the spread; the kernel's gradient along both zero-sum directions matches central
-    differences of the tensor path to 1e-4 (relative)."""
+    by the spread and the cotangent of ``w'`` is ~1/w; the gradient along both zero-sum
+    directions matches central differences to 1e-4 (relative), by the kernel and by the tensor
+    path (whose spline backward once summed the knots' cotangents from the fixed knot 0 and
+    lost ~20% here to the cancellation of that knot's ~1/w cotangent)."""
     gen = torch.Generator().manual_seed(3)
     params = 0.5 * torch.randn(1, n_params_su3(BINS, MODES), generator=gen, dtype=F64)
     gy, gl = torch.randn(1, 3, generator=gen, dtype=F64), torch.randn(1, generator=gen, dtype=F64)
@@ -85,7 +88,7 @@ def test_fused_gradient_near_the_identity_agrees_with_finite_differences():
     spread = 1e-8
     base = torch.tensor([[0.7 * spread, -spread, 0.3 * spread]], dtype=F64)
     x = base.clone().requires_grad_(True)
-    loss(x, True).backward()
+    loss(x, fused).backward()
     h = 1e-3 * spread
     for d in ([1.0, -1.0, 0.0], [0.0, 1.0, -1.0]):
         d = torch.tensor([d], dtype=F64)
@@ -175,6 +178,12 @@ def test_the_operator_checks_its_tables_and_threads_agree():
     bad[3] = params.shape[-1] + 3
     with pytest.raises(RuntimeError, match="slots entry"):
         torch.ops.hpcflow.su3_spectral(phi, params, bad, t.d_k, t.tied, *spec)
+    longer = torch.cat([params, params[:, :1]], -1)  # one more: would read a constraint's slot
+    with pytest.raises(RuntimeError, match="params.shape"):
+        torch.ops.hpcflow.su3_spectral(phi, longer, t.slots, t.d_k, t.tied, *spec)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match="n_params_su3"):
+            su3_spectral(phi, longer, bins=BINS, modes=MODES, fused=fused)
     with pytest.raises(RuntimeError, match=r"phi must be \[\.\.\., 3\]"):
         torch.ops.hpcflow.su3_spectral(phi[:, :2].contiguous(), params, t.slots, t.d_k, t.tied,
                                        *spec)

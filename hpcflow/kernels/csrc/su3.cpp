@@ -21,9 +21,11 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "rqs.h"
 
@@ -127,12 +129,15 @@ struct Map {
   T gap[2], span;
   bool small;            // span too small to divide: r = 1/2 (the identity)
   T W[2], R[2], Wn[2], Rn[2];
-  T full[2 * kMaxModes * kMaxP1];  // [2, modes, 3K + 1]: A_m then B_m
+  std::vector<T> full, g_full;  // [2, modes, 3K + 1]: A_m then B_m, and its cotangent
   T coef[kMaxP1];        // a(r), then b(w') (the second step reuses it)
   T basis[2][kMaxModes];  // cos(pi m r), sin(pi max(m, 1/2) w')
   Step<T> step_w, step_r;
   T X[6], Xn[6], f[18];  // old and new pairs, the factors of log J
   bool limit[6];         // the ratio of an old value that vanishes: the map's slope
+
+  // the tables sized for this map (on the heap: a worker thread's stack may be small)
+  Map(int64_t modes, int64_t p1) : full(2 * modes * p1), g_full(2 * modes * p1) {}
 
   T freq(int64_t m, int step) const {
     const double mm = step == 0 ? static_cast<double>(m) : std::max(static_cast<double>(m), 0.5);
@@ -209,7 +214,7 @@ struct Map {
   void series(int step, int64_t modes, int64_t p1) {
     for (int64_t j = 0; j < p1; ++j) coef[j] = 0;
     for (int64_t m = 0; m < modes; ++m) {
-      const T* row = full + (step * modes + m) * p1;
+      const T* row = full.data() + (step * modes + m) * p1;
       for (int64_t j = 0; j < p1; ++j) coef[j] += basis[step][m] * row[j];
     }
   }
@@ -236,7 +241,7 @@ struct Map {
 
   // cotangents of out[3] and log J -> of phi[3] and params[P] (after run with the sigmoids)
   void backward(const T* g_out, T g_lj, const Tables<T>& tb, const Spec& sp, T* g_phi,
-                T* g_params) const {
+                T* g_params) {
     const int64_t p1 = tb.p1, modes = tb.modes;
     T gW[2] = {0, 0}, gR[2] = {0, 0}, gWn[2] = {0, 0}, gRn[2] = {0, 0};
     // su3_from_cell after the sort
@@ -271,14 +276,13 @@ struct Map {
     pairs_backward(Wn, Rn, gXn, g_gaps, gWn, gRn);
     pairs_backward(W, R, gX, g_gaps + 3, gW, gR);
     // step 2 and its series b(w')
-    T g_full[2 * kMaxModes * kMaxP1];
-    for (int64_t j = 0; j < 2 * modes * p1; ++j) g_full[j] = 0;
+    std::fill(g_full.begin(), g_full.end(), T(0));
     T g_coef[kMaxP1];
     for (int64_t j = 0; j < p1; ++j) g_coef[j] = 0;
     step_r.backward(gRn, g_ldr, sp, gR, g_coef);
     for (int64_t m = 0; m < modes; ++m) {
-      const T* row = full + (modes + m) * p1;
-      T* g_row = g_full + (modes + m) * p1;
+      const T* row = full.data() + (modes + m) * p1;
+      T* g_row = g_full.data() + (modes + m) * p1;
       T dot = 0;
       for (int64_t j = 0; j < p1; ++j) {
         g_row[j] = g_coef[j] * basis[1][m];
@@ -291,8 +295,8 @@ struct Map {
     for (int64_t j = 0; j < p1; ++j) g_coef[j] = 0;
     step_w.backward(gWn, g_ldw, sp, gW, g_coef);
     for (int64_t m = 0; m < modes; ++m) {
-      const T* row = full + m * p1;
-      T* g_row = g_full + m * p1;
+      const T* row = full.data() + m * p1;
+      T* g_row = g_full.data() + m * p1;
       T dot = 0;
       for (int64_t j = 0; j < p1; ++j) {
         g_row[j] = g_coef[j] * basis[0][m];
@@ -369,6 +373,9 @@ Args check(const at::Tensor& phi, const at::Tensor& params, const at::Tensor& sl
                   params.sizes().slice(0, phi.dim() - 1) == phi.sizes().slice(0, phi.dim() - 1),
               "su3_spectral: params must be [..., P] over phi's leading shape");
   const int64_t p1 = 3 * bins + 1, n_params = params.size(-1);
+  TORCH_CHECK(n_params == 2 * modes * p1 - modes - 1, "su3_spectral: params.shape[-1] must be ",
+              "2 modes (3 bins + 1) - modes - 1 = ", 2 * modes * p1 - modes - 1, ", got ",
+              n_params);
   TORCH_CHECK(slots.dim() == 1 && slots.numel() == 2 * modes * p1,
               "su3_spectral: slots must be [2 modes (3 bins + 1)]");
   TORCH_CHECK(dk.dim() == 1 && dk.numel() == modes && tied.dim() == 2 && tied.size(0) == modes &&
@@ -403,7 +410,7 @@ std::tuple<at::Tensor, at::Tensor> su3_spectral(
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     scalar_t* lj = log_j.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, a.n, 256, [&](int64_t begin, int64_t end) {
-      Map<scalar_t> map;
+      Map<scalar_t> map(a.modes, a.p1);
       for (int64_t i = begin; i < end; ++i) {
         lj[i] = map.run(x + 3 * i, p + a.n_params * i, tb, a.sp, false, y + 3 * i);
       }
@@ -437,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor> su3_spectral_backward(
     scalar_t* gx = g_phi.mutable_data_ptr<scalar_t>();
     scalar_t* gp = g_params.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, a.n, 256, [&](int64_t begin, int64_t end) {
-      Map<scalar_t> map;
+      Map<scalar_t> map(a.modes, a.p1);
       scalar_t y[3], g[3];
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* pi = p + a.n_params * i;
