@@ -481,13 +481,15 @@ class DistributedConfig:
     compiled layers use torch operations."""
     kernels: Literal["auto", "fused", "torch"] = "auto"
     """How the coupling layers form their loops (the products of links along the frozen and
-    active loops) and the depthwise factors of ``conv: factorized`` networks on CPUs:
-    ``fused``, the C++ kernels ``hpcflow/kernels/csrc/loops.cpp`` and ``conv.cpp`` (one operator
-    call forward and one or two backward per loop family or axis; built with the spline
-    kernel, the same library); ``torch``, tensor operations (extend the links by their daggers,
-    gather, multiply step by step; shifted multiply-adds); ``auto`` and ``fused`` as for
-    ``splines``. Same results to rounding. U(1) flows on lattices of at most 512 links read
-    their loops by matrix products whatever this says."""
+    active loops), the depthwise factors of ``conv: factorized`` networks and SU(3)'s
+    closed-form eigen-decompositions on CPUs: ``fused``, the C++ kernels
+    ``hpcflow/kernels/csrc/loops.cpp``, ``conv.cpp`` and ``eig.cpp`` (one operator call forward
+    and one or two backward per loop family or axis, one per eigen-decomposition; built with
+    the spline kernel, the same library); ``torch``, tensor operations (extend the links by
+    their daggers, gather, multiply step by step; shifted multiply-adds; the closed form as
+    batched tensor algebra); ``auto`` and ``fused`` as for ``splines``. Same results to
+    rounding. U(1) flows on lattices of at most 512 links read their loops by matrix products
+    whatever this says."""
     compile: bool = False
     """Run each coupling layer through ``torch.compile`` (inductor; one graph per direction and
     batch shape, no graph breaks, so no host synchronization inside a layer). Same results to

@@ -156,17 +156,19 @@ def plan_from_layer(layer) -> CouplingPlan:
 
 
 def make_link_transform(group: Group, kind: str = "spline", bins: int = 8,
-                        eig: str = "closed", fused: bool = False) -> LinkTransform:
+                        eig: str = "closed", fused: bool = False,
+                        fused_eig: bool = False) -> LinkTransform:
     """The transform family of a group: U(1) circular splines (``kind="spline"``) or NCP
     mixtures (``"ncp"``); SU(2)/SU(3) spectral splines with the eigen-decomposition ``eig``
-    (``"closed"`` or ``"eigh"``). ``fused``: splines by the fused C++ kernel on CPUs
-    (:mod:`hpcflow.kernels`). Other choices raise ``ValueError``."""
+    (``"closed"`` or ``"eigh"``). ``fused``: splines by the fused C++ kernels on CPUs
+    (:mod:`hpcflow.kernels`); ``fused_eig``: SU(3)'s closed-form eigen-decomposition likewise.
+    Other choices raise ``ValueError``."""
     if group.nc == 1:
         return U1Transform(kind, bins, fused=fused)
     if kind != "spline":
         raise ValueError(f"the {kind!r} transform exists for U(1) only; SU(N) flows use "
                          "spectral splines")
-    return SUNTransform(group, bins, eig=eig, fused=fused)
+    return SUNTransform(group, bins, eig=eig, fused=fused, fused_eig=fused_eig)
 
 
 def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", bins: int = 8,
@@ -179,13 +181,14 @@ def build_flow(group: Group, schedule: Schedule, *, transform: str = "spline", b
     (:func:`hpcflow.nn.build_context_net` with ``hidden``, ``kernel_size``, ``activation``,
     ``conv``, ``rank``); ``eig``: the SU(N) eigen-decomposition, ``fused``: the splines by the
     fused C++ kernel on CPUs (:func:`make_link_transform`), ``fused_kernels``: the coupling layers'
-    loops (:class:`GaugeCoupling`) and the depthwise factors of factorized convolutions
-    (:class:`hpcflow.nn.factorized.CPConvNd`) by the fused C++ kernels on CPUs.
+    loops (:class:`GaugeCoupling`), the depthwise factors of factorized convolutions
+    (:class:`hpcflow.nn.factorized.CPConvNd`) and SU(3)'s closed-form eigen-decomposition by
+    the fused C++ kernels on CPUs.
     The last layer of every context network starts at zero, so a new flow is the identity map
     and its ``log q`` is exactly zero.
     """
     shape = tuple(schedule.shape)
-    link_transform = make_link_transform(group, transform, bins, eig, fused)
+    link_transform = make_link_transform(group, transform, bins, eig, fused, fused_kernels)
     layers = []
     for layer in schedule.layers:
         plan = plan_from_layer(layer)

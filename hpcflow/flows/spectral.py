@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..kernels import MAX_BINS, MAX_MODES, REAL, applies
+from ..kernels import COMPLEX, MAX_BINS, MAX_MODES, REAL, applies
 from ..lattice.eigen import closed_form_eig, eigh_eig, in_inference_mode
 from ..lattice.groups import SUN, Group
 from .splines import interval_rqs, n_params_interval
@@ -90,7 +90,9 @@ class _UnitaryEig(torch.autograd.Function):
     generate_vmap_rule = True  # so that jacobian(..., vectorize=True) works through it
 
     @staticmethod
-    def forward(w, method):
+    def forward(w, method, fused):
+        if fused:  # csrc/eig.cpp: su3_eig in one pass (the same algorithm and results)
+            return torch.ops.hpcflow.su3_eig(w.contiguous())
         return _EIG_METHODS[method](w)
 
     @staticmethod
@@ -114,10 +116,11 @@ class _UnitaryEig(torch.autograd.Function):
             gap = ilam[:, None, :] - ilam[:, :, None]  # i d_ij, 0 on the diagonal
             den = gap.abs().square().clamp_min(torch.finfo(phi.dtype).eps)
             f = torch.addcdiv(f, (k - k.mT.conj_physical()) * gap, den, value=-0.5j)
-        return torch.bmm(torch.bmm(vf, f), vh).view(v.shape), None
+        return torch.bmm(torch.bmm(vf, f), vh).view(v.shape), None, None
 
 
-def unitary_eig(w: torch.Tensor, method: str = "closed") -> tuple[torch.Tensor, torch.Tensor]:
+def unitary_eig(w: torch.Tensor, method: str = "closed", fused: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition of SU(2) or SU(3) matrices, differentiable and stable at degeneracy.
 
     ``w: [..., N, N]`` (complex, unitary, det 1) -> ``phi: [..., N]`` real in ``[-pi, pi]`` and
@@ -133,7 +136,8 @@ def unitary_eig(w: torch.Tensor, method: str = "closed") -> tuple[torch.Tensor, 
     elements and at the identity, so the backward is written out for the unitary matrix with
     clamped gaps (see :class:`_UnitaryEig`). Eigenvector phases, the order of the eigenpairs and
     the basis of a degenerate eigenspace are arbitrary (and differ between the methods); the flow
-    depends on none of them.
+    depends on none of them. ``fused``: SU(3)'s closed form by the fused C++ kernel on CPUs
+    (``csrc/eig.cpp``, the same algorithm: one operator call instead of ~70).
     """
     n = w.shape[-1]
     if n not in (2, 3):
@@ -141,7 +145,9 @@ def unitary_eig(w: torch.Tensor, method: str = "closed") -> tuple[torch.Tensor, 
     if method not in _EIG_METHODS:
         raise ValueError(f"unitary_eig: method must be one of {sorted(_EIG_METHODS)}, "
                          f"got {method!r}")
-    return _UnitaryEig.apply(w, method)
+    fused = (fused and n == 3 and method == "closed"
+             and applies(w, COMPLEX, "the eigen-decompositions"))
+    return _UnitaryEig.apply(w, method, fused)
 
 
 def from_eig(phi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -678,11 +684,13 @@ class SUNTransform(LinkTransform):
     ``[Re tr W, Im tr W, ..., Re tr W^{N-1}, Im tr W^{N-1}] / N``, gauge invariant and enough
     to fix the spectrum of an SU(N) matrix. ``eig``: the ``method`` of :func:`unitary_eig`
     (``"closed"`` or ``"eigh"``; the flow agrees between them to rounding). ``fused``: the
-    splines by the fused C++ kernel on CPUs (:mod:`hpcflow.kernels`; same map to rounding).
+    splines and SU(3)'s eigen-angle map by the fused C++ kernels on CPUs
+    (:mod:`hpcflow.kernels`; same map to rounding; ``distributed.splines``); ``fused_eig``:
+    SU(3)'s closed-form eigen-decomposition likewise (``distributed.kernels``).
     """
 
     def __init__(self, group: Group, bins: int = 8, *, modes: int = 2, eig: str = "closed",
-                 fused: bool = False):
+                 fused: bool = False, fused_eig: bool = False):
         if not isinstance(group, SUN) or group.nc not in (2, 3):
             raise ValueError(f"SUNTransform supports SU(2) and SU(3), got {group!r}")
         if bins < 1 or modes < 1:
@@ -692,6 +700,7 @@ class SUNTransform(LinkTransform):
                              f"got {eig!r}")
         self.eig = eig
         self.fused = bool(fused)
+        self.fused_eig = bool(fused_eig)
         self.group = group
         self.algebra = group
         self.nc = group.nc
@@ -735,7 +744,7 @@ class SUNTransform(LinkTransform):
 
         ``log J`` is the log-Jacobian of the map applied with respect to the Haar measure.
         """
-        phi, v = unitary_eig(w, self.eig)
+        phi, v = unitary_eig(w, self.eig, fused=self.fused_eig)
         phi_new, log_j = self.spectral(phi, params, inverse=inverse)
         return from_eig(phi_new, v), log_j
 

@@ -1,5 +1,5 @@
-"""The fused CPU kernels: `csrc/rqs.cpp`, `csrc/loops.cpp`, `csrc/conv.cpp` and `csrc/su3.cpp`,
-built on first use and loaded as torch operators.
+"""The fused CPU kernels: `csrc/rqs.cpp`, `csrc/loops.cpp`, `csrc/conv.cpp`, `csrc/su3.cpp` and
+`csrc/eig.cpp`, built on first use and loaded as torch operators.
 
 ``torch.ops.hpcflow.rqs_forward`` / ``rqs_backward`` evaluate the rational-quadratic splines of
 :mod:`hpcflow.flows.splines` (circular with bias, and on an interval; forward and inverse) and
@@ -16,6 +16,9 @@ gradient. ``torch.ops.hpcflow.su3_spectral`` / ``su3_spectral_backward`` are SU(
 eigen-angle map (:func:`hpcflow.flows.spectral.su3_spectral`: sort, canonical cell, the two
 coupling splines with their series parameters, the Haar log-Jacobian), one call each way
 instead of ~280 and ~400 (the splines' element code is shared with ``rqs.cpp``: ``rqs.h``).
+``torch.ops.hpcflow.su3_eig`` is :func:`hpcflow.lattice.eigen.su3_eig`'s closed-form
+eigen-decomposition in one pass (forward only: its backward, written out in
+:class:`hpcflow.flows.spectral._UnitaryEig`, needs only the outputs).
 
 The sources are compiled by torch's extension loader (``torch.utils.cpp_extension.load``, which
 needs a C++ compiler and ninja; the ``ninja`` package provides the latter) the first time a
@@ -24,8 +27,8 @@ process asks for them, ~20-30 s, into a folder of ``TORCH_EXTENSIONS_DIR`` (defa
 concurrent MPI ranks wait for one build (the loader locks the folder). Later processes load
 the built library directly (``torch.ops.load_library``): no lock, no ninja run, so a rank
 killed at start-up cannot leave a lock behind that would stop the next job. Configuration keys
-``distributed.splines`` (the splines) and ``distributed.kernels`` (the loops and the factorized
-convolutions) choose (docs/config.md).
+``distributed.splines`` (the splines, SU(3)'s eigen-angle map) and ``distributed.kernels`` (the
+loops, the factorized convolutions, SU(3)'s eigen-decomposition) choose (docs/config.md).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import torch
 __all__ = ["MAX_STEPS", "applies", "fused_kernels_error", "loop_product", "loops_apply"]
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
-                for name in ("rqs.cpp", "loops.cpp", "conv.cpp", "su3.cpp"))
+                for name in ("rqs.cpp", "loops.cpp", "conv.cpp", "su3.cpp", "eig.cpp"))
 HEADERS = (Path(__file__).resolve().parent / "csrc" / "rqs.h",)  # included by rqs.cpp, su3.cpp
 # -fopenmp: at::parallel_for is a serial loop unless the kernel is built with OpenMP (torch's
 # CPU builds use OpenMP threads too)
@@ -53,7 +56,8 @@ LDFLAGS = ("-fopenmp",)
 MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
 MAX_STEPS = 64  # kMaxSteps of csrc/loops.cpp: the longest path loop_product walks
 MAX_MODES = 8  # kMaxModes of csrc/su3.cpp
-OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic", "su3_spectral")  # one a source
+OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic", "su3_spectral",
+             "su3_eig")  # one of each source
 STALE_LOCK_S = 300.0  # a build takes ~10-15 s; a lock this old was left by a killed build
 
 

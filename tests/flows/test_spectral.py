@@ -426,3 +426,38 @@ def test_coupling_layer_su3_invertible_and_gauge_invariant():
     u_rot_new, logdet_rot = layer(gauge_transform(u, omega, g))
     assert (u_rot_new - gauge_transform(u_new, omega, g)).abs().max() < 1e-12
     assert (logdet_rot - logdet).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("dtype", [C128, torch.complex64])
+def test_fused_su3_eig_equals_the_closed_form(dtype):
+    """The fused kernel (csrc/eig.cpp) runs :func:`su3_eig`'s algorithm: the same angles and
+    eigenvectors to rounding, also at and near degenerate eigenvalues, and the same gradients
+    through :func:`unitary_eig` (whose backward needs only the outputs)."""
+    from hpcflow.flows.spectral import from_eig
+    from hpcflow.kernels import fused_kernels_error
+    from hpcflow.lattice.eigen import su3_eig
+
+    assert fused_kernels_error() is None
+    g = SUN(3)
+    w = torch.cat([g.random((64,), generator=_gen(31)), _near_degenerate(3, seed=32)]).to(dtype)
+    p0, v0 = su3_eig(w)
+    p1, v1 = torch.ops.hpcflow.su3_eig(w)
+    tol = 1e-13 if dtype == C128 else 1e-5
+    assert (torch.polar(torch.ones_like(p0), p0 - p1) - 1).abs().max() < tol  # pi = -pi
+    # eigenvectors: equal where the eigenvalues are apart (the random matrices); in a nearly
+    # degenerate eigenspace any orthonormal basis is right to eps / gap, so there the two must
+    # be unitary and reconstruct W
+    assert (v0[:64] - v1[:64]).abs().max() < 100 * tol
+    eye = torch.eye(3, dtype=dtype)
+    assert (v1.mH @ v1 - eye).abs().max() < tol
+    assert (v1 @ torch.diag_embed(torch.polar(torch.ones_like(p1), p1).to(dtype)) @ v1.mH
+            - w).abs().max() < 100 * tol
+    grads = []  # of the random matrices: near degeneracy the gap clamp's damped gradient
+    for fused in (False, True):  # depends on the basis chosen (see _UnitaryEig)
+        x = w[:64].to(C128).clone().requires_grad_(True)
+        phi, v = unitary_eig(x, fused=fused)
+        out = from_eig(1.3 * phi, v)
+        grads.append(torch.autograd.grad(out.real.sum() + phi.sum(), x)[0])
+    assert (grads[0] - grads[1]).abs().max() < 1e-8
+    with pytest.raises(RuntimeError, match="contiguous complex"):
+        torch.ops.hpcflow.su3_eig(w.real.contiguous())
