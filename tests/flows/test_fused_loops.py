@@ -229,11 +229,10 @@ def test_a_flow_with_fused_loops_equals_one_with_gathered_loops(group, shape, mo
         x = flow.link_transform.to_internal(z)
         readers[mode] = flow.layers[0]._reader(x.reshape(3, -1, *x.shape[2 + len(shape):]))
         u, logdet = flow(z)
-        back, _ = flow.inverse(u.detach())
         u2, _, contexts = flow.forward_keeping_contexts(z)
         objective = (path_log_prob(flow, u2, contexts) + action(u2) - logdet).sum()
         grads = torch.autograd.grad(objective, list(flow.parameters()))
-        results[mode] = (u.detach(), logdet.detach(), back.detach(), grads)
+        results[mode] = (u.detach(), logdet.detach(), grads)
     assert readers == {"torch": "gather", "fused": "fused"}
     cp = [m for m in flows["fused"].modules() if isinstance(m, CPConvNd)]
     assert len(cp) > 0 if len(shape) == 4 else not cp
@@ -242,14 +241,16 @@ def test_a_flow_with_fused_loops_equals_one_with_gathered_loops(group, shape, mo
     if group != "U1":  # SU(3)'s eigen-decomposition by csrc/eig.cpp too (SU(2): closed form)
         assert flows["fused"].link_transform.fused_eig
         assert not flows["torch"].link_transform.fused_eig
-    (u0, l0, b0, g0), (u1, l1, b1, g1) = results["torch"], results["fused"]
+    (u0, l0, g0), (u1, l1, g1) = results["torch"], results["fused"]
     assert (l0 - l0.mean()).abs().max() > 1e-3  # a non-trivial flow
     for a, b in ((u0, u1), (l0, l1)):
         assert (a - b).abs().max() < 1e-10
-    # the inverse agrees within its own accuracy: this random SU(3) flow's round trip is good
-    # to ~8e-10 (either way), and rounding differences of 1e-16 in the fused eigen-
-    # decomposition move the inverse by as much
-    assert (b0 - b1).abs().max() < 1e-10 + 2.0 * (b0 - z).abs().max()
+    # the inverses of the same sample (each flow's own sample differs by rounding, and the
+    # inverse of this random SU(3) flow magnifies an input change ~2000x: its round trip is
+    # good to ~8e-10 either way)
+    b0, b1 = (flows[mode].inverse(u0)[0].detach() for mode in ("torch", "fused"))
+    assert (b0 - b1).abs().max() < 1e-10
+    assert max((b - z).abs().max() for b in (b0, b1)) < 1e-8
     for a, b in zip(g0, g1, strict=True):
         assert ((a - b).abs() / (1.0 + b.abs())).max() < 1e-9
 
