@@ -2,6 +2,9 @@
 the batched ``eigh`` route (``"eigh"``), forward alone and forward + backward, for SU(2) and SU(3)
 batches, and one ``SUNTransform.transform`` call of the size the SU(3) 4D flow uses
 (``configs/su3_4d.yaml``: the largest batch of open loops one update transforms at once).
+``fused``: the closed form by the fused C++ kernel (``csrc/eig.cpp``; SU(3), CPU tensors; for
+the transform also the fused eigen-angle map, ``csrc/su3.cpp``); elsewhere it is the closed
+form's tensor operations.
 
     python perf/bench_eigen.py [--sizes 1000 10000 100000] [--device cpu|cuda] [--threads 1]
 
@@ -31,7 +34,12 @@ from hpcflow.flows.prior import STREAM_TRAIN  # noqa: E402
 from hpcflow.flows.spectral import SUNTransform, unitary_eig  # noqa: E402
 from hpcflow.lattice.groups import SUN  # noqa: E402
 
-METHODS = ("eigh", "closed")
+METHODS = ("eigh", "closed", "fused")
+
+
+def _eig(method: str) -> tuple[str, bool]:
+    """``(unitary_eig method, fused)`` of a benchmark method."""
+    return ("closed", True) if method == "fused" else (method, False)
 
 
 class _OpCount(TorchDispatchMode):
@@ -59,13 +67,14 @@ def count_ops(loss_fn) -> tuple[int, int]:
 def _decomposition_fns(w: torch.Tensor, method: str):
     """``(forward, forward + backward, loss)`` closures for one batch ``w: [M, N, N]``."""
     leaf = w.clone().requires_grad_(True)
+    name, fused = _eig(method)
 
     def forward():
         with torch.no_grad():
-            unitary_eig(w, method)
+            unitary_eig(w, name, fused=fused)
 
     def loss():
-        phi, v = unitary_eig(leaf, method)
+        phi, v = unitary_eig(leaf, name, fused=fused)
         return phi.sum() + v.real.sum()
 
     def forward_backward():
@@ -115,7 +124,8 @@ def bench_transform(config: str, dtype: torch.dtype, device: torch.device, repea
     row = {"what": f"SUNTransform SU({nc})", "shape": f"{b}x{n}", "device": str(device),
            "dtype": str(dtype).removeprefix("torch.")}
     for method in METHODS:
-        lt = SUNTransform(SUN(nc), bins=8, eig=method)
+        name, fused = _eig(method)
+        lt = SUNTransform(SUN(nc), bins=8, eig=name, fused=fused, fused_eig=fused)
         params = 0.5 * torch.randn(b, n, lt.n_params, generator=gen, dtype=w.real.dtype)
         params = params.to(device).requires_grad_(True)
         leaf = w.clone().requires_grad_(True)
@@ -148,6 +158,8 @@ def _record(row: dict, method: str, fwd: dict, fwd_bwd: dict, ops: tuple[int, in
 def _speedups(row: dict) -> dict:
     row["fwd_speedup"] = row["eigh_fwd_ms"] / row["closed_fwd_ms"]
     row["fb_speedup"] = row["eigh_fb_ms"] / row["closed_fb_ms"]
+    row["fused_fwd_speedup"] = row["closed_fwd_ms"] / row["fused_fwd_ms"]
+    row["fused_fb_speedup"] = row["closed_fb_ms"] / row["fused_fb_ms"]
     return row
 
 
@@ -178,8 +190,12 @@ def main() -> None:
                        ("eigh_fb_ms", "eigh fwd+bwd ms", ".2f"),
                        ("closed_fb_ms", "closed fwd+bwd ms", ".2f"),
                        ("fb_speedup", "speedup", ".1f"),
+                       ("fused_fwd_ms", "fused fwd ms", ".2f"),
+                       ("fused_fb_ms", "fused fwd+bwd ms", ".2f"),
+                       ("fused_fb_speedup", "x closed", ".1f"),
                        ("eigh_ops_fwd", "eigh ops fwd", ""), ("eigh_ops_bwd", "bwd", ""),
-                       ("closed_ops_fwd", "closed ops fwd", ""), ("closed_ops_bwd", "bwd", "")])
+                       ("closed_ops_fwd", "closed ops fwd", ""), ("closed_ops_bwd", "bwd", ""),
+                       ("fused_ops_fwd", "fused ops fwd", ""), ("fused_ops_bwd", "bwd", "")])
     path = write_json(args.out, {"benchmark": "eigen", "machine": machine(),
                                  "threads": torch.get_num_threads(), "results": rows})
     print(f"\nwritten {path}")
