@@ -53,7 +53,7 @@ HEADERS = (Path(__file__).resolve().parent / "csrc" / "rqs.h",)  # included by r
 # CPU builds use OpenMP threads too)
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
-MAX_BINS = 64  # kMaxBins of csrc/rqs.cpp
+MAX_BINS = 64  # kMaxBins of csrc/rqs.h
 MAX_STEPS = 64  # kMaxSteps of csrc/loops.cpp: the longest path loop_product walks
 MAX_MODES = 8  # kMaxModes of csrc/su3.cpp
 OPERATORS = ("rqs_forward", "loop_product", "depthwise_periodic", "su3_spectral",
