@@ -50,29 +50,45 @@ inline T norm3(const Cx<T>* a) {
   return std::sqrt(abs2(a[0]) + abs2(a[1]) + abs2(a[2]));
 }
 
+// The closed form's constants (eigen.py `_constants`), computed in double once per call:
+// z_a = -e^{-2ia} and the phases e^{-ia}, a = 0, pi/3, 2 pi/3, and the scalings of q and mu.
+template <typename T>
+struct Constants {
+  T z_re[3], z_im[3];
+  Cx<T> phase[3];
+  T q_scale, mu_scale, floor;
+
+  Constants() {
+    for (int a = 0; a < 3; ++a) {
+      const double ang = a * kPi / 3.0;
+      z_re[a] = static_cast<T>(-std::cos(-2.0 * ang));
+      z_im[a] = static_cast<T>(-std::sin(-2.0 * ang));
+      phase[a] = Cx<T>(static_cast<T>(std::cos(-ang)), static_cast<T>(std::sin(-ang)));
+    }
+    q_scale = static_cast<T>(std::pow(6.0, -1.0 / 6.0));
+    mu_scale = static_cast<T>(2.0 * std::pow(6.0, -1.0 / 3.0));
+    floor = std::sqrt(std::numeric_limits<T>::min());
+  }
+};
+
 // x: one matrix [3, 3] row-major -> phi[3], v[3, 3] (columns: eigenvectors)
 template <typename T>
-void eig_one(const Cx<T>* x, T* phi, Cx<T>* v) {
+void eig_one(const Cx<T>* x, const Constants<T>& cn, T* phi, Cx<T>* v) {
   using C = Cx<T>;
-  // 1. the rotation: Re(t conj z_a) - 1, z_a = -e^{-2ia}; the largest |.| (first on ties)
+  // 1. the rotation: Re(t conj z_a) - 1; the largest |.| (first on ties)
   const C t = x[0] + x[4] + x[8];
   int best_a = 0;
   T best_char = -1;
   for (int a = 0; a < 3; ++a) {
-    const double ang = a * kPi / 3.0;
-    const T z_re = static_cast<T>(-std::cos(-2.0 * ang));
-    const T z_im = static_cast<T>(-std::sin(-2.0 * ang));
-    const T ch = std::abs(T(-1) + t.real() * z_re + t.imag() * z_im);
+    const T ch = std::abs(T(-1) + t.real() * cn.z_re[a] + t.imag() * cn.z_im[a]);
     if (ch > best_char) {
       best_char = ch;
       best_a = a;
     }
   }
-  const double ang = best_a * kPi / 3.0;
-  const C phase(static_cast<T>(std::cos(-ang)), static_cast<T>(std::sin(-ang)));
   C k[9];
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) k[3 * i + j] = x[3 * i + j] * phase;
+    for (int j = 0; j < 3; ++j) k[3 * i + j] = x[3 * i + j] * cn.phase[best_a];
   C kk[9];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) kk[3 * i + j] = k[3 * i + j] - std::conj(k[3 * j + i]);  // 2i H
@@ -82,9 +98,8 @@ void eig_one(const Cx<T>* x, T* phi, Cx<T>* v) {
   kk[8] -= mean;  // 2i Q
   T n2 = 0;
   for (int i = 0; i < 9; ++i) n2 += abs2(kk[i]);
-  const T floor = std::sqrt(std::numeric_limits<T>::min());
-  const T norm = std::max(std::sqrt(n2), floor);
-  const C scale(T(0), norm * static_cast<T>(std::pow(6.0, -1.0 / 6.0)));
+  const T norm = std::max(std::sqrt(n2), cn.floor);
+  const C scale(T(0), norm * cn.q_scale);
   C q[9];
   for (int i = 0; i < 9; ++i) q[i] = kk[i] / scale;  // Q 6^(-1/3), tr Q^2 = 6
   // 2. the isolated eigenvalue: tr(q^3) = Re sum_ij (q^2)_ij conj(q_ij)
@@ -97,9 +112,7 @@ void eig_one(const Cx<T>* x, T* phi, Cx<T>* v) {
       cubic += s.real() * q[3 * i + j].real() + s.imag() * q[3 * i + j].imag();
     }
   const T mu = std::copysign(
-      std::cos(std::acos(std::min(std::abs(cubic), T(1))) / T(3)) *
-          static_cast<T>(2.0 * std::pow(6.0, -1.0 / 3.0)),
-      cubic);
+      std::cos(std::acos(std::min(std::abs(cubic), T(1))) / T(3)) * cn.mu_scale, cubic);
   C a[9];
   for (int i = 0; i < 9; ++i) a[i] = q[i];
   a[0] -= mu;
@@ -202,8 +215,9 @@ std::tuple<at::Tensor, at::Tensor> su3_eig(const at::Tensor& w) {
     const scalar_t* x = w.const_data_ptr<scalar_t>();
     T* p = phi.mutable_data_ptr<T>();
     scalar_t* out = v.mutable_data_ptr<scalar_t>();
+    const Constants<T> cn;
     at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) eig_one<T>(x + 9 * i, p + 3 * i, out + 9 * i);
+      for (int64_t i = begin; i < end; ++i) eig_one<T>(x + 9 * i, cn, p + 3 * i, out + 9 * i);
     });
   });
   return {phi, v};

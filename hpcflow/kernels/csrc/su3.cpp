@@ -130,6 +130,7 @@ struct Map {
   bool small;            // span too small to divide: r = 1/2 (the identity)
   T W[2], R[2], Wn[2], Rn[2];
   std::vector<T> full, g_full;  // [2, modes, 3K + 1]: A_m then B_m, and its cotangent
+  const T tiny = std::sqrt(std::numeric_limits<T>::min());  // spectral.py `_safe_div`'s limit
   T coef[kMaxP1];        // a(r), then b(w') (the second step reuses it)
   T basis[2][kMaxModes];  // cos(pi m r), sin(pi max(m, 1/2) w')
   Step<T> step_w, step_r;
@@ -167,7 +168,7 @@ struct Map {
     const T c1 = static_cast<T>(1.0 / kTwoPi);
     W[0] = std::min(std::max(span * c1, T(0)), T(1));
     W[1] = std::min(std::max(T(1) + span * (-c1), T(0)), T(1));
-    small = span <= std::sqrt(std::numeric_limits<T>::min());
+    small = span <= tiny;
     R[0] = small ? T(0.5) : gap[0] / span;
     R[1] = small ? T(0.5) : gap[1] / span;
     // the coefficient table
@@ -191,7 +192,6 @@ struct Map {
     pairs(W, R, X);
     pairs(Wn, Rn, Xn);
     const T lds[3] = {step_w.ld, step_r.ld, step_w.ld};
-    const T tiny = std::sqrt(std::numeric_limits<T>::min());
     for (int i = 0; i < 6; ++i) {
       limit[i] = X[i] <= tiny;
       f[i] = limit[i] ? std::exp(lds[i / 2]) : Xn[i] / X[i];
@@ -394,6 +394,14 @@ Args check(const at::Tensor& phi, const at::Tensor& params, const at::Tensor& sl
   return Args{sp, modes, p1, n_params, phi.numel() / 3};
 }
 
+// The checked tables as the element code reads them
+template <typename T>
+Tables<T> tables_of(const at::Tensor& slots, const at::Tensor& dk, const at::Tensor& tied,
+                    const Args& a) {
+  return Tables<T>{slots.const_data_ptr<int64_t>(), dk.const_data_ptr<int64_t>(),
+                   tied.const_data_ptr<T>(), a.n_params, a.modes, a.p1};
+}
+
 // (phi', log J): phi [..., 3] eigen-angles, params [..., P] (spectral.py `n_params_su3`)
 std::tuple<at::Tensor, at::Tensor> su3_spectral(
     const at::Tensor& phi, const at::Tensor& params, const at::Tensor& slots,
@@ -403,8 +411,7 @@ std::tuple<at::Tensor, at::Tensor> su3_spectral(
   at::Tensor out = at::empty(phi.sizes(), phi.options());
   at::Tensor log_j = at::empty(phi.sizes().slice(0, phi.dim() - 1), phi.options());
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "su3_spectral", [&] {
-    const Tables<scalar_t> tb{slots.const_data_ptr<int64_t>(), dk.const_data_ptr<int64_t>(),
-                              tied.const_data_ptr<scalar_t>(), a.n_params, a.modes, a.p1};
+    const Tables<scalar_t> tb = tables_of<scalar_t>(slots, dk, tied, a);
     const scalar_t* x = phi.const_data_ptr<scalar_t>();
     const scalar_t* p = params.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
@@ -435,8 +442,7 @@ std::tuple<at::Tensor, at::Tensor> su3_spectral_backward(
   at::Tensor g_phi = at::empty(phi.sizes(), phi.options());
   at::Tensor g_params = at::empty(params.sizes(), params.options());
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "su3_spectral_backward", [&] {
-    const Tables<scalar_t> tb{slots.const_data_ptr<int64_t>(), dk.const_data_ptr<int64_t>(),
-                              tied.const_data_ptr<scalar_t>(), a.n_params, a.modes, a.p1};
+    const Tables<scalar_t> tb = tables_of<scalar_t>(slots, dk, tied, a);
     const scalar_t* x = phi.const_data_ptr<scalar_t>();
     const scalar_t* p = params.const_data_ptr<scalar_t>();
     const scalar_t* go = g_out.const_data_ptr<scalar_t>();
