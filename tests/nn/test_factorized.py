@@ -243,3 +243,49 @@ def test_head_forms_no_weight_gradient_when_only_the_input_is_asked(conv, monkey
     assert all(p.grad is not None for p in layer.parameters())
     assert len(calls) > n_forward  # a full backward forms the weight gradient
     torch.testing.assert_close(only_x, x.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [1, 50_000, 1 << 40])
+def test_output_at_sites_in_blocks_of_samples_equals_one_product(budget, monkeypatch):
+    """On a CPU the stencil product runs a few samples at a time (the gathered rows of a
+    block within ``_ROW_BLOCK_BYTES``): values, the input's and the weights' gradients,
+    an input-only backward, second derivatives and batched gradients (vmap) equal those of
+    one product over the whole batch; the blocks cover the batch in order."""
+    from hpcflow.nn import conv as conv_module
+
+    torch.manual_seed(1)
+    lattice = (4, 4, 4)
+    layer = randomize_(ConvNd(3, 3, 5, 3, dtype=F64, lattice=lattice))
+    index = layer.site_index(lattice, torch.arange(1, 64, 2))
+    x = torch.randn(7, 3, *lattice, dtype=F64, requires_grad=True)
+
+    def run(block_bytes):
+        monkeypatch.setattr(conv_module, "_ROW_BLOCK_BYTES", block_bytes)
+        out = layer.forward_at(x, index)
+        g = torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)
+        (only_x,) = torch.autograd.grad(out, x, g, retain_graph=True)
+        grads = torch.autograd.grad(out, (x, *layer.parameters()), g)
+        rows = conv_module._row_blocks(x.movedim(1, -1).reshape(7, 64, 3), index)
+        return out.detach(), only_x, grads, rows
+
+    ref_out, ref_x, ref_grads, ref_rows = run(1 << 60)
+    out, only_x, grads, rows = run(budget)
+    assert ref_rows == [(0, 7)]
+    assert rows[0][0] == 0 and rows[-1][1] == 7
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+    row_bytes = index.numel() * 3 * 8
+    assert all((e - s) * row_bytes <= budget or e - s == 1 for s, e in rows)
+    assert len(rows) == {1: 7, 50_000: 4, 1 << 40: 1}[budget]
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-13)
+    torch.testing.assert_close(only_x, ref_x, rtol=0, atol=1e-13)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    small = x[:3].detach().requires_grad_()
+    torch.autograd.gradcheck(lambda t: layer.forward_at(t, index), (small,))
+    torch.autograd.gradgradcheck(lambda t: layer.forward_at(t, index), (small,))
+    out = layer.forward_at(small, index)
+    basis = torch.eye(out.numel(), dtype=F64)[:5].view(5, *out.shape)
+    (batched,) = torch.autograd.grad(out, small, basis, is_grads_batched=True, retain_graph=True)
+    for i in range(5):
+        (one,) = torch.autograd.grad(out, small, basis[i], retain_graph=True)
+        torch.testing.assert_close(batched[i], one, rtol=0, atol=1e-13)
