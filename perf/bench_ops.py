@@ -16,8 +16,14 @@ it in a subprocess on the same prior links and parameters, so the table compares
 one machine in one run. Both codes also run the flow in float64 (same parameters, same links):
 the last column is the largest difference of `log q` (the issue asks for 1e-10).
 
+`--paired N` (with `--baseline`) times the codes once more in lockstep: one resident worker
+per code, warmed up, each asked for one step in turn (orders ABBA ...), N steps each; the
+"paired" column is the median of the N per-pair ratios (quartiles in the JSON). This VM's
+speed drifts by ~20% within minutes, which a round of a few steps per code, seconds apart,
+passes straight into its ratio; steps taken alternately see the same drift.
+
     python perf/bench_ops.py [--configs configs/u1_2d.yaml ...] [--baseline 942f697] \
-        [--batch 64] [--repeats 5] [--rounds 3] [--compile]
+        [--batch 64] [--repeats 5] [--rounds 3] [--paired 30] [--compile]
 """
 
 from __future__ import annotations
@@ -92,9 +98,11 @@ def _peak_tensor_mib(fn) -> float | None:
 
 
 def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | None,
-            overrides: list[str], count: bool = True) -> dict:
+            overrides: list[str], count: bool = True, serve: bool = False) -> dict:
     """Worker: counts and times for one configuration with the code on ``sys.path``
-    (``repeats = 0``: only ``log q`` of the batch, for the float64 comparison)."""
+    (``repeats = 0``: only ``log q`` of the batch, for the float64 comparison). ``serve``:
+    warm up, print ``ready``, then time one step per ``step`` line read from stdin (its
+    milliseconds printed on a line) until stdin closes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import time_it
 
@@ -150,6 +158,19 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
         loss_of(zb).backward()
         optimizer.step()
 
+    if serve:
+        import time
+
+        for _ in range(3):
+            step_b()
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.strip() != "step":
+                break
+            start = time.perf_counter()
+            step_b()
+            print(f"{(time.perf_counter() - start) * 1e3:.3f}", flush=True)
+        return {}
     with torch.no_grad():
         log_q = (-model(zb)[1]).tolist()
     if repeats == 0:
@@ -209,6 +230,42 @@ def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _paired(codes: list, args, config: str, state: str) -> list[list[float]]:
+    """Step times (ms) of every code taken in lockstep by resident workers (``--paired``):
+    ``args.paired`` steps each, the order of the codes reversed every other turn."""
+    workers = []
+    try:
+        for _name, root, compiled, over in codes:
+            env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+            cmd = [sys.executable, __file__, "--worker", "--serve", "--configs", config,
+                   "--state", state, "--batch", str(args.batch)]
+            cmd += ["--compile"] if compiled else []
+            for item in over:
+                cmd += ["--set", item]
+            w = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            workers.append(w)
+        for w in workers:
+            for line in w.stdout:
+                if line.strip() == "ready":
+                    break
+            else:
+                raise SystemExit(f"paired worker for {config} exited before it was ready")
+        times: list[list[float]] = [[] for _ in workers]
+        for turn in range(args.paired):
+            order = range(len(workers)) if turn % 2 == 0 else reversed(range(len(workers)))
+            for j in order:
+                workers[j].stdin.write("step\n")
+                workers[j].stdin.flush()
+                times[j].append(float(workers[j].stdout.readline()))
+        return times
+    finally:
+        for w in workers:
+            if w.stdin:
+                w.stdin.close()
+            w.wait(timeout=60)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=DEFAULT)
@@ -225,6 +282,10 @@ def main() -> None:
     p.add_argument("--torch-kernels", action="store_true",
                    help="also measure this tree with every fused CPU kernel off "
                         "(distributed.splines=torch, distributed.kernels=torch)")
+    p.add_argument("--paired", type=int, default=0,
+                   help="with --baseline: then this many steps of each code in lockstep "
+                        "(resident workers, one step each in turn); the median ratio")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="perf/out/bench_ops.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -232,9 +293,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.configs[0], args.batch, args.repeats, args.compile,
-                                 args.state, args.set, count=not args.no_count)))
+        result = measure(args.configs[0], args.batch, args.repeats, args.compile,
+                         args.state, args.set, count=not args.no_count, serve=args.serve)
+        if not args.serve:
+            print(json.dumps(result))
         return
+    if args.paired and not args.baseline:
+        p.error("--paired needs --baseline")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import machine, print_table, write_json
@@ -270,6 +335,13 @@ def main() -> None:
                 rounds = r.get("step_ms_rounds", [r["step_ms"]])
                 r["speedup_rounds"] = [a / b for a, b in zip(ref_rounds, rounds, strict=True)]
                 r["step_ms"] = statistics.median(rounds)
+            if args.paired:
+                times = _paired(codes, args, config, state)
+                for (_, r), t in zip(runs, times, strict=True):
+                    ratios = [a / b for a, b in zip(times[0], t, strict=True)]
+                    quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                    r.update(step_ms_paired=statistics.median(t), speedup_paired=statistics.median(
+                        ratios), speedup_paired_quartiles=[quart[0], quart[-1]])
             # the same flow in float64 (its own parameters): log q of both codes to 1e-10
             state64 = str(Path(tmp) / f"state{i}-f64.pt")
             q64 = [_run_worker(root, args, config, False, state64, float64=True)["log_q"]
@@ -296,6 +368,7 @@ def main() -> None:
                        ("step_ms", f"step ms (batch {args.batch})", ".1f"),
                        ("speedup", "speed-up x", ".2f"),
                        ("speedup_round", "median of rounds' x", ".2f"),
+                       ("speedup_paired", "paired x", ".2f"),
                        ("peak_mib", "step's peak tensors MiB", ".1f"),
                        ("max_dlogq", "max |d log q|", ".1e"),
                        ("max_dlogq_f64", "float64", ".1e")])

@@ -93,8 +93,8 @@ def _proc_status_kb(field: str) -> int:
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """Print ``rows`` with ``columns = [(key, header, format), ...]``."""
-    cells = [[format(r[k], f) if f and r[k] is not None else str(r[k]) for k, _, f in columns]
-             for r in rows]
+    cells = [[format(r[k], f) if f and r.get(k) is not None else str(r.get(k))
+              for k, _, f in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h, _) in enumerate(columns)]
     print("  ".join(h.ljust(w) for (_, h, _), w in zip(columns, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
