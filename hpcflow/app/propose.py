@@ -127,7 +127,11 @@ def propose(model: GaugeFlow | StochasticFlow, action: GaugeAction, indices, *, 
                 if path:
                     inverse_error = (objective - s - log_q).detach()
                 if backward_scale is not None:
-                    (objective.sum() * backward_scale).backward()
+                    # to the parameters only: nothing else needs a gradient (the path
+                    # gradient's first layer keeps a leaf of the prior for its inverse pass,
+                    # which would otherwise get one, through its whole context network)
+                    trained = [p for p in model.parameters() if p.requires_grad]
+                    (objective.sum() * backward_scale).backward(inputs=trained or None)
                     objective = objective.detach()
         return Proposals(u.detach(), log_q.detach(), s.detach(), (-s - log_q).detach(),
                          objective, inverse_error)

@@ -223,8 +223,12 @@ class _RowProduct(torch.autograd.Function):
         blocks = _row_blocks(x_cl, index)
         if len(blocks) == 1:
             return torch.addmm(bias, _rows(x_cl, index, k), weight.t())
-        return torch.cat([torch.addmm(bias, _rows(x_cl[s:e], index, k), weight.t())
-                          for s, e in blocks])
+        n_sites = index.numel() // k
+        out = x_cl.new_empty(x_cl.shape[0] * n_sites, weight.shape[0])
+        for s, e in blocks:  # each block's rows of the product written in place
+            torch.addmm(bias, _rows(x_cl[s:e], index, k), weight.t(),
+                        out=out[s * n_sites:e * n_sites])
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
