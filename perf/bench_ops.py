@@ -4,7 +4,8 @@ For each configuration: the ATen operator calls of one forward + backward pass a
 reparameterized reverse-KL loss), counted two ways: every `aten::` event `torch.profiler`
 records (nested calls included, as in the issue's figures) and the top-level calls a
 `TorchDispatchMode` sees (closer to kernel launches); then the median time of a batch-64
-training step (the loss of the configuration's `train.gradient`, backward, Adam step) in eager
+training step (the loss of the configuration's `train.gradient`, backward, and the step of
+the optimizer the code's training builds, `hpcflow.app.optim.build_optimizer`) in eager
 mode, the peak of its live tensors (profiler memory events, beyond what was alive before the
 step), and with `--compile` the same step with the coupling layers compiled
 (`GaugeFlow.compile_layers`, config key `distributed.compile`); its profiler count is the
@@ -136,7 +137,14 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
     zb = group.from_noise(torch.stack([group.noise((len(model.shape), *model.shape),
                                                    dtype=model.complex_dtype, generator=gen)
                                        for _ in range(batch)]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+    try:  # the code's own optimizer, as its training builds it (at a tiny rate)
+        from hpcflow.app.optim import build_optimizer
+
+        optimizer = build_optimizer(model.parameters(), cfg.train)
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-6
+    except ImportError:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
 
     keeping = getattr(model, "forward_keeping_contexts", None)  # absent in older codes
 
@@ -232,8 +240,17 @@ def _run_worker(code_root: Path, args, config: str, compiled: bool, state: str,
 
 def _paired(codes: list, args, config: str, state: str) -> list[list[float]]:
     """Step times (ms) of every code taken in lockstep by resident workers (``--paired``):
-    ``args.paired`` steps each, the order of the codes reversed every other turn."""
-    workers = []
+    ``args.paired`` steps each, the order of the codes reversed every other turn. A worker
+    that fails stops the run with the tail of its error output."""
+    workers, logs = [], []
+
+    def failed(j: int, what: str) -> SystemExit:
+        w, log = workers[j], logs[j]
+        log.flush()
+        tail = Path(log.name).read_text(errors="replace")[-3000:]
+        return SystemExit(f"paired worker for {config} ({codes[j][0]}) {what} "
+                          f"(exit status {w.poll()}):\n{tail}")
+
     try:
         for _name, root, compiled, over in codes:
             env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
@@ -242,28 +259,44 @@ def _paired(codes: list, args, config: str, state: str) -> list[list[float]]:
             cmd += ["--compile"] if compiled else []
             for item in over:
                 cmd += ["--set", item]
-            w = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            workers.append(w)
-        for w in workers:
+            logs.append(tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="paired-"))
+            workers.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=logs[-1],
+                                            text=True))
+        for j, w in enumerate(workers):
             for line in w.stdout:
                 if line.strip() == "ready":
                     break
             else:
-                raise SystemExit(f"paired worker for {config} exited before it was ready")
+                raise failed(j, "exited before it was ready")
         times: list[list[float]] = [[] for _ in workers]
         for turn in range(args.paired):
             order = range(len(workers)) if turn % 2 == 0 else reversed(range(len(workers)))
             for j in order:
-                workers[j].stdin.write("step\n")
-                workers[j].stdin.flush()
-                times[j].append(float(workers[j].stdout.readline()))
+                try:
+                    workers[j].stdin.write("step\n")
+                    workers[j].stdin.flush()
+                    line = workers[j].stdout.readline()
+                except OSError:
+                    line = ""
+                if not line.strip():
+                    raise failed(j, f"stopped at paired step {turn}")
+                times[j].append(float(line))
         return times
     finally:
         for w in workers:
-            if w.stdin:
+            try:
                 w.stdin.close()
-            w.wait(timeout=60)
+            except OSError:  # a worker that died: its pipe is broken
+                pass
+        for w in workers:
+            try:
+                w.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        for log in logs:
+            log.close()
 
 
 def main() -> None:

@@ -18,11 +18,24 @@ __all__ = ["ParameterAverage", "build_optimizer", "ema_decay", "lr_factor", "set
 
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` (weight decay decoupled) or ``Adam`` when ``weight_decay == 0``."""
+    """``torch.optim.AdamW`` (weight decay decoupled) or ``Adam`` when ``weight_decay == 0``.
+
+    torch's fused implementation (one kernel for all parameters, on CPUs and GPUs) where it
+    supports the parameters' device and dtype, else its multi-tensor one: a flow's ~70-150
+    parameter tensors would otherwise take ~10 operations each per step (on a GPU, as many
+    launches; on one CPU thread 8.4 against 4.6 ms a step for ``u1_3d``'s parameters). The
+    fused update equals the per-tensor one to rounding, not bitwise; the implementation is
+    chosen from the device alone, so runs on one kind of device, resumed or not, are bitwise
+    reproducible as before."""
+    params = list(params)
     kwargs = dict(lr=train_cfg.lr, amsgrad=train_cfg.amsgrad)
+    cls = torch.optim.Adam
     if train_cfg.weight_decay > 0:
-        return torch.optim.AdamW(params, weight_decay=train_cfg.weight_decay, **kwargs)
-    return torch.optim.Adam(params, **kwargs)
+        cls, kwargs["weight_decay"] = torch.optim.AdamW, train_cfg.weight_decay
+    try:
+        return cls(params, fused=True, **kwargs)
+    except RuntimeError:  # a device or dtype without torch's fused kernel
+        return cls(params, foreach=True, **kwargs)
 
 
 def lr_factor(step: int, train_cfg) -> float:

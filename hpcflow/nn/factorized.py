@@ -40,7 +40,14 @@ import torch
 from torch import nn
 
 from hpcflow.kernels import REAL, applies
-from hpcflow.nn.conv import ConvNd, check_input, check_positive_ints, kernel_tuple, mix_rows
+from hpcflow.nn.conv import (
+    ConvNd,
+    _asked,
+    check_input,
+    check_positive_ints,
+    kernel_tuple,
+    mix_rows,
+)
 
 
 def tucker_ranks(rank: int | Sequence[int]) -> tuple[int, int]:
@@ -68,10 +75,37 @@ def channel_mix(
     into one plain product), and ~4 operator calls each way instead of conv1d's ~20 (issue 19).
     """
     b, c_in, *lattice = x.shape
-    flat = x.reshape(b, c_in, -1)
-    w = weight.expand(b, -1, -1)
-    out = torch.bmm(w, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1), w, flat)
+    out = _ChannelMix.apply(x.reshape(b, c_in, -1), weight, bias)
     return out.view(b, weight.shape[0], *lattice)
+
+
+class _ChannelMix(torch.autograd.Function):
+    """The product of :func:`channel_mix` on ``flat: [B, C_in, V]``, ``[B, C_out, V]``.
+
+    Saves the same tensors whether or not the weight is frozen: ``torch.bmm`` saves each
+    operand only when the other needs a gradient, and activation checkpointing of the path
+    gradient's inverse pass (run frozen, recomputed thawed: ``train.recompute_layers``) refuses
+    saved tensors that differ between the two passes (it stopped every path-gradient training
+    of a factorized network with ``recompute_layers``). The backward forms only the gradients
+    the running pass asks for (:func:`hpcflow.nn.conv._asked`), with differentiable operations
+    (second derivatives work)."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        ctx.save_for_backward(flat, weight)
+        ctx.tensor_inputs = (True, True, bias is not None)
+        w = weight.expand(flat.shape[0], -1, -1)
+        return torch.bmm(w, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1), w,
+                                                                      flat)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        flat, weight = ctx.saved_tensors
+        need_x, need_w, need_b = (_asked(ctx, i) for i in range(3))
+        g_x = torch.bmm(weight.t().expand(g.shape[0], -1, -1), g) if need_x else None
+        g_w = torch.bmm(g, flat.transpose(1, 2)).sum(0) if need_w else None
+        return g_x, g_w, g.sum((0, 2)) if need_b else None
 
 
 def depthwise_periodic_conv1d(h: torch.Tensor, kernel: torch.Tensor, axis: int,

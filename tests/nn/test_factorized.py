@@ -259,6 +259,8 @@ def test_output_at_sites_in_blocks_of_samples_equals_one_product(budget, monkeyp
     index = layer.site_index(lattice, torch.arange(1, 64, 2))
     x = torch.randn(7, 3, *lattice, dtype=F64, requires_grad=True)
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the budget is per thread
+
     def run(block_bytes):
         monkeypatch.setattr(conv_module, "_ROW_BLOCK_BYTES", block_bytes)
         out = layer.forward_at(x, index)
@@ -289,3 +291,8 @@ def test_output_at_sites_in_blocks_of_samples_equals_one_product(budget, monkeyp
     for i in range(5):
         (one,) = torch.autograd.grad(out, small, basis[i], retain_graph=True)
         torch.testing.assert_close(batched[i], one, rtol=0, atol=1e-13)
+    empty = x[:0].detach().requires_grad_()  # batch 0: gradients of the right shapes
+    out = layer.forward_at(empty, index)
+    assert out.shape == (0, 32, 5)
+    grads = torch.autograd.grad(out.sum(), (empty, layer.weight))
+    assert grads[0].shape == empty.shape and not grads[1].any()
