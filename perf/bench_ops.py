@@ -18,7 +18,8 @@ one machine in one run. Both codes also run the flow in float64 (same parameters
 the last column is the largest difference of `log q` (the issue asks for 1e-10).
 
 `--paired N` (with `--baseline`) times the codes once more in lockstep: one resident worker
-per code, warmed up, each asked for one step in turn (orders ABBA ...), N steps each; the
+per code, warmed up, each asked in turn (orders ABBA ...) for two steps, of which the second
+is timed (a training step follows a step of the same code), N each; the
 "paired" column is the median of the N per-pair ratios (quartiles in the JSON). This VM's
 speed drifts by ~20% within minutes, which a round of a few steps per code, seconds apart,
 passes straight into its ratio; steps taken alternately see the same drift.
@@ -175,7 +176,8 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
         for line in sys.stdin:
             if line.strip() != "step":
                 break
-            start = time.perf_counter()
+            step_b()  # untimed: the timed step follows a step, as in training, not the other
+            start = time.perf_counter()  # code's step (which leaves other data in the caches)
             step_b()
             print(f"{(time.perf_counter() - start) * 1e3:.3f}", flush=True)
         return {}
