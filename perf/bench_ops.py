@@ -103,8 +103,8 @@ def measure(config: str, batch: int, repeats: int, compiled: bool, state: str | 
             overrides: list[str], count: bool = True, serve: bool = False) -> dict:
     """Worker: counts and times for one configuration with the code on ``sys.path``
     (``repeats = 0``: only ``log q`` of the batch, for the float64 comparison). ``serve``:
-    warm up, print ``ready``, then time one step per ``step`` line read from stdin (its
-    milliseconds printed on a line) until stdin closes."""
+    warm up, print ``ready``, then for each ``step`` line read from stdin take two steps and
+    print the second's milliseconds on a line, until stdin closes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import time_it
 
@@ -318,8 +318,9 @@ def main() -> None:
                    help="also measure this tree with every fused CPU kernel off "
                         "(distributed.splines=torch, distributed.kernels=torch)")
     p.add_argument("--paired", type=int, default=0,
-                   help="with --baseline: then this many steps of each code in lockstep "
-                        "(resident workers, one step each in turn); the median ratio")
+                   help="with --baseline: then this many timed steps of each code in lockstep "
+                        "(resident workers, two steps each in turn, the second timed); the "
+                        "median of the per-pair ratios")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="perf/out/bench_ops.json")
@@ -333,8 +334,8 @@ def main() -> None:
         if not args.serve:
             print(json.dumps(result))
         return
-    if args.paired and not args.baseline:
-        p.error("--paired needs --baseline")
+    if args.paired < 0 or (args.paired and not args.baseline):
+        p.error("--paired: a count >= 0, with --baseline")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import machine, print_table, write_json
