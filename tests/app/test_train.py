@@ -12,7 +12,7 @@ import torch
 
 from hpcflow import HpcflowError, InputFileError, load_config, load_model
 from hpcflow.app.metrics import read_metrics
-from hpcflow.app.optim import ParameterAverage, ema_decay
+from hpcflow.app.optim import ParameterAverage, build_optimizer, ema_decay
 from hpcflow.app.train import Trainer
 from hpcflow.distributed import NoneComm
 from hpcflow.io.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
@@ -441,6 +441,55 @@ def test_path_gradients_recompute_factorized_networks(tmp_path, conv):
     for a, b in zip(recomputed, plain, strict=True):
         assert a == {k: pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v
                      for k, v in b.items()}
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_optimizer_is_fused_where_torch_has_the_kernel(monkeypatch, weight_decay):
+    """Adam (or AdamW) in torch's fused form on CPU parameters of both precisions, equal to the
+    per-tensor update to rounding; where the fused kernel is refused (a device without it),
+    the multi-tensor form, equal to the per-tensor update exactly."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(lr=1e-2, amsgrad=True, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen, dtype=torch.float64)]
+    grads = [[torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in start]
+             for _ in range(5)]
+
+    def run():
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = build_optimizer(params, cfg)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return opt, [p.detach() for p in params]
+
+    cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    reference = cls([torch.nn.Parameter(p.clone()) for p in start], lr=1e-2, amsgrad=True,
+                    foreach=False, **({"weight_decay": weight_decay} if weight_decay else {}))
+    for step in grads:
+        for p, g in zip(reference.param_groups[0]["params"], step, strict=True):
+            p.grad = g.clone()
+        reference.step()
+    expected = [p.detach() for p in reference.param_groups[0]["params"]]
+    opt, fused = run()
+    assert type(opt) is cls and opt.defaults["fused"] is True
+    for a, b in zip(fused, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    def refuse_fused(self, params, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               "Tensors of supported devices")
+        original(self, params, *args, fused=fused, **kwargs)
+
+    original = cls.__init__
+    monkeypatch.setattr(cls, "__init__", refuse_fused)
+    opt, multi = run()
+    assert not opt.defaults["fused"] and opt.defaults["foreach"] is True
+    for a, b in zip(multi, expected, strict=True):
+        assert torch.equal(a, b)
 
 
 def _broken_inverse_trainer(run_dir, *extra):
