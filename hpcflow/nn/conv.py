@@ -236,23 +236,19 @@ class _RowProduct(torch.autograd.Function):
         b, v, c = x_cl.shape
         need_x, need_weight, need_bias = (_asked(ctx, i) for i in (0, 2, 3))
         g_x = g_weight = None
-        if index is None:  # no gather: the rows are the input itself
-            if need_weight:
-                g_weight = g.t() @ _rows(x_cl, index, ctx.k)
-            if need_x:
-                g_x = (g @ weight).view(b, v, c)
-            return g_x, None, g_weight, g.sum(0) if need_bias else None, None
         g_xs = []
-        n_sites, c_out = index.numel() // ctx.k, g.shape[-1]  # sizes spelt out: batch 0
+        # sizes spelt out (batch 0); without a gather the rows are the input itself, one block
+        n_rows, n_taps = (v, v) if index is None else (index.numel() // ctx.k, index.numel())
         for s, e in _row_blocks(x_cl, index):
             whole = e - s == b  # one block: no slices (the operation count of small batches)
-            g_s = g if whole else g.view(b, n_sites, c_out)[s:e].reshape(-1, c_out)
+            g_s = g if whole else g.view(b, n_rows, g.shape[-1])[s:e].reshape(-1, g.shape[-1])
             if need_weight:
                 g_w = g_s.t() @ _rows(x_cl if whole else x_cl[s:e], index, ctx.k)
                 g_weight = g_w if g_weight is None else g_weight + g_w
             if need_x:  # out of place: vmap
-                g_xs.append(x_cl.new_zeros(e - s, v, c).index_add(
-                    1, index, (g_s @ weight).view(e - s, index.numel(), c)))
+                g_rows = (g_s @ weight).view(e - s, n_taps, c)
+                g_xs.append(g_rows if index is None else
+                            x_cl.new_zeros(e - s, v, c).index_add(1, index, g_rows))
         if need_x:
             g_x = g_xs[0] if len(g_xs) == 1 else torch.cat(g_xs)
         return g_x, None, g_weight, g.sum(0) if need_bias else None, None
