@@ -171,3 +171,66 @@ def test_gather_padding_equals_copy_padding(nd, fold):
         assert torch.equal(gather_pad(t, pad_table(lattice, pads), pads), circular_pad(t, pads))
     other = torch.randn(1, 3, *(n + 1 for n in lattice), dtype=torch.float64)
     torch.testing.assert_close(known(other), plain(other), rtol=0, atol=1e-13)  # other sizes
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_split_backward_convolution_is_exact(nd):
+    """The CPU float32 convolution's own node (channels-last, weight gradient alone, input
+    gradient as the mirrored periodic convolution) against the padded native convolution:
+    gradcheck and gradgradcheck in float64 through the node itself, and in float32 ConvNd's
+    values and gradients against torch.nn.ConvNd(padding_mode='circular')."""
+    from hpcflow.nn.conv import _PeriodicConv, pad_table
+
+    lattice = (4, 3, 5)[:nd]
+    torch.manual_seed(10 + nd)
+    index, pads = pad_table(lattice, (1,) * nd), (1,) * nd
+    x = torch.randn(2, 3, *lattice, dtype=F64, requires_grad=True)
+    w = torch.randn(2, 3, *(3,) * nd, dtype=F64, requires_grad=True)
+    b = torch.randn(2, dtype=F64, requires_grad=True)
+
+    def node(x, w, b):
+        return _PeriodicConv.apply(x, w, b, index, pads)
+
+    torch.testing.assert_close(node(x, w, b), periodic_conv(x, w, b), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(node, (x, w, b))
+    assert torch.autograd.gradgradcheck(node, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: node(x, w, None), (x, w))  # no bias
+
+    layer = ConvNd(nd, 3, 4, 3, lattice=lattice)  # float32, CPU: through the node
+    ref = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1](3, 4, 3, padding=1,
+                                                    padding_mode="circular")
+    ref.load_state_dict(layer.state_dict())
+    x32 = torch.randn(5, 3, *lattice, requires_grad=True)
+    out, expected = layer(x32), ref(x32)
+    assert out.grad_fn.name() == "_PeriodicConvBackward"
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (x32, layer.weight, layer.bias))
+    refs = torch.autograd.grad(expected.square().sum(), (x32, ref.weight, ref.bias))
+    for u, v in zip(grads, refs, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-4)
+
+
+def test_split_backward_forms_only_the_gradients_asked_for():
+    """The path gradient's reused contexts ask for the input gradient alone: then no weight
+    gradient is formed (no ``convolution_backward``), and the input gradient is one
+    convolution; asked for the weight alone, no second convolution runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    layer = ConvNd(3, 3, 4, 3, lattice=(4, 4, 4))
+    x = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    for wanted, backward_ops in (((x,), {"aten.convolution": 1}),
+                                 ((layer.weight,), {"aten.convolution_backward": 1})):
+        out = layer(x).square().sum()
+        with Calls() as calls:
+            torch.autograd.grad(out, wanted)
+        found = {n: calls.names.count(n) for n in ("aten.convolution", "aten.convolution_backward")}
+        assert found == {"aten.convolution": 0, "aten.convolution_backward": 0, **backward_ops}
