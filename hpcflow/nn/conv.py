@@ -110,14 +110,14 @@ def _native_periodic_conv(
     return _NATIVE_CONV[len(ks)](x, weight, bias)
 
 
-_CHANNELS_LAST = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}
-
-
 def _split_backward(x: torch.Tensor) -> bool:
-    """Whether :class:`_PeriodicConv` runs the convolution: float32 on a CPU (oneDNN), eager.
-    Elsewhere (GPUs, float64, compiled graphs) the padded native convolution and its autograd
-    node, which the measurements behind :class:`_PeriodicConv` do not cover."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether :class:`_PeriodicConv` runs the convolution: float32 on a CPU, eager, batches of
+    more than one sample (where torch's CPU convolution is oneDNN's; a single sample with a
+    small kernel goes to torch's own kernel in contiguous memory, where channels-last adds
+    copies). Elsewhere (GPUs, float64, compiled graphs, one sample) the padded native
+    convolution and its autograd node, which the measurements behind :class:`_PeriodicConv` do
+    not cover."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] > 1
             and not torch.compiler.is_compiling())
 
 
@@ -158,7 +158,6 @@ class _PeriodicConv(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         x, weight, pad_index = ctx.saved_tensors
         nd = weight.dim() - 2
-        g = g.contiguous(memory_format=_CHANNELS_LAST[nd])
         need_weight = _asked(ctx, 1)
         need_bias = _asked(ctx, 2)
         g_x = g_weight = g_bias = None
@@ -173,9 +172,11 @@ class _PeriodicConv(torch.autograd.Function):
 
 
 def _padded(x: torch.Tensor, pad_index: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
-    """``x`` periodically padded (:func:`gather_pad`), channels-last."""
-    layout = _CHANNELS_LAST[len(pads)]
-    return gather_pad(x.contiguous(memory_format=layout), pad_index, pads)
+    """``x: [B, C, *L]`` (any memory layout) periodically padded into channels-last memory by
+    one gather of whole channel vectors (:func:`gather_pad`'s values): ``[B, C, *(L + 2p)]``."""
+    b, c, *lattice = x.shape
+    rows = x.flatten(2).transpose(1, 2).index_select(1, pad_index)  # [B, V', C]
+    return rows.view(b, *(n + 2 * p for n, p in zip(lattice, pads, strict=True)), c).movedim(-1, 1)
 
 
 def _folded_periodic_conv(
