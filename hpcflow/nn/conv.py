@@ -166,6 +166,8 @@ class _PeriodicConv(torch.autograd.Function):
             _, g_weight, g_bias = torch.ops.aten.convolution_backward(
                 g, _padded(x, pad_index, ctx.pads), weight, [weight.shape[0]], [1] * nd,
                 [0] * nd, [1] * nd, False, [0] * nd, 1, [False, need_weight, need_bias])
+            # (1D: torch forms a weight gradient, of the wrong rank, even when not asked)
+            g_weight, g_bias = (g_weight if need_weight else None), (g_bias if need_bias else None)
         if _asked(ctx, 0):
             mirrored = weight.flip(list(range(2, nd + 2))).transpose(0, 1)
             g_x = _NATIVE_CONV[nd](_padded(g, pad_index, ctx.pads), mirrored)
@@ -176,8 +178,11 @@ def _padded(x: torch.Tensor, pad_index: torch.Tensor, pads: tuple[int, ...]) -> 
     """``x: [B, C, *L]`` (any memory layout) periodically padded into channels-last memory by
     one gather of whole channel vectors (:func:`gather_pad`'s values): ``[B, C, *(L + 2p)]``."""
     b, c, *lattice = x.shape
-    rows = x.flatten(2).transpose(1, 2).index_select(1, pad_index)  # [B, V', C]
-    return rows.view(b, *(n + 2 * p for n, p in zip(lattice, pads, strict=True)), c).movedim(-1, 1)
+    # reshape (a view in either layout), not flatten: batched gradients (vmap) have no
+    # batching rule for flatten
+    rows = x.reshape(b, c, -1).transpose(1, 2).index_select(1, pad_index)  # [B, V', C]
+    padded = [n + 2 * p for n, p in zip(lattice, pads, strict=True)]
+    return rows.reshape(b, *padded, c).movedim(-1, 1)
 
 
 def _folded_periodic_conv(
