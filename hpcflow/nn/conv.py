@@ -153,7 +153,7 @@ class _PeriodicConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight, pad_index)
         ctx.pads = pads
         ctx.tensor_inputs = (True, True, bias is not None, True)
-        return _NATIVE_CONV[nd](_padded(x, pad_index, pads), weight, bias)
+        return _NATIVE_CONV[nd](gather_pad(x, pad_index, pads, channels_last=True), weight, bias)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -163,26 +163,16 @@ class _PeriodicConv(torch.autograd.Function):
         need_bias = _asked(ctx, 2)
         g_x = g_weight = g_bias = None
         if need_weight or need_bias:
+            x_padded = gather_pad(x, pad_index, ctx.pads, channels_last=True)
             _, g_weight, g_bias = torch.ops.aten.convolution_backward(
-                g, _padded(x, pad_index, ctx.pads), weight, [weight.shape[0]], [1] * nd,
-                [0] * nd, [1] * nd, False, [0] * nd, 1, [False, need_weight, need_bias])
+                g, x_padded, weight, [weight.shape[0]], [1] * nd, [0] * nd, [1] * nd, False,
+                [0] * nd, 1, [False, need_weight, need_bias])
             # (1D: torch forms a weight gradient, of the wrong rank, even when not asked)
             g_weight, g_bias = (g_weight if need_weight else None), (g_bias if need_bias else None)
         if _asked(ctx, 0):
             mirrored = weight.flip(list(range(2, nd + 2))).transpose(0, 1)
-            g_x = _NATIVE_CONV[nd](_padded(g, pad_index, ctx.pads), mirrored)
+            g_x = _NATIVE_CONV[nd](gather_pad(g, pad_index, ctx.pads, channels_last=True), mirrored)
         return g_x, g_weight, g_bias, None, None
-
-
-def _padded(x: torch.Tensor, pad_index: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
-    """``x: [B, C, *L]`` (any memory layout) periodically padded into channels-last memory by
-    one gather of whole channel vectors (:func:`gather_pad`'s values): ``[B, C, *(L + 2p)]``."""
-    b, c, *lattice = x.shape
-    # reshape (a view in either layout), not flatten: batched gradients (vmap) have no
-    # batching rule for flatten
-    rows = x.reshape(b, c, -1).transpose(1, 2).index_select(1, pad_index)  # [B, V', C]
-    padded = [n + 2 * p for n, p in zip(lattice, pads, strict=True)]
-    return rows.reshape(b, *padded, c).movedim(-1, 1)
 
 
 def _folded_periodic_conv(
@@ -234,19 +224,20 @@ def pad_table(shape: Sequence[int], pads: Sequence[int]) -> torch.Tensor:
     return _flat_site(grids, shape).reshape(-1)
 
 
-def gather_pad(x: torch.Tensor, index: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+def gather_pad(x: torch.Tensor, index: torch.Tensor, pads: Sequence[int],
+               channels_last: bool = False) -> torch.Tensor:
     """:func:`circular_pad` by one gather along the flattened lattice (``index``: :func:`pad_table`
-    of ``x``'s lattice): one operation forward, one index-add backward, in the memory layout of
-    ``x`` when it is contiguous or channels-last (others fall back to :func:`circular_pad`)."""
+    of ``x``'s lattice): one operation forward, one index-add backward. The result is contiguous
+    when ``x`` is and ``channels_last`` is False; otherwise channels-last, gathered as whole
+    channel vectors from ``x`` in any memory layout."""
     b, c, *lattice = x.shape
     padded = [n + 2 * p for n, p in zip(lattice, pads, strict=True)]
-    if x.is_contiguous():
+    if x.is_contiguous() and not channels_last:
         return x.reshape(b, c, -1).index_select(2, index).view(b, c, *padded)
-    last = x.movedim(1, -1)
-    if last.is_contiguous():  # channels-last: gather whole channel vectors
-        out = last.reshape(b, -1, c).index_select(1, index).view(b, *padded, c)
-        return out.movedim(-1, 1)
-    return circular_pad(x, pads)
+    # reshape (a view in the contiguous and channels-last layouts), not flatten: batched
+    # gradients (vmap) have no batching rule for flatten
+    rows = x.reshape(b, c, -1).transpose(1, 2).index_select(1, index)  # [B, V', C]
+    return rows.reshape(b, *padded, c).movedim(-1, 1)
 
 
 def stencil_table(shape: Sequence[int], kernel_size: Sequence[int],
