@@ -170,25 +170,27 @@ def cmd_info(args) -> int:
 def cmd_train(args) -> int:
     from .app.config import load_config
     from .app.context import run_context
-    from .app.train import Trainer
+    from .app.train import Trainer, prepare_training
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         return _train_dry_run(cfg, args)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     with run_context(cfg.distributed, "train", run_dir) as ctx:
-        trainer = Trainer(cfg, ctx)
-        if args.profile:
+        if args.profile:  # the steps of this lattice, from a fresh start (no first stage)
             from .app.profile import profile_training
 
-            profile_training(trainer, run_dir / "profile")
+            profile_training(Trainer(cfg, ctx), run_dir / "profile")
+            return 0
+        trainer, started = prepare_training(cfg, ctx)
+        if trainer is None:  # the first stage (train.pretrain) stopped early
             return 0
         n = sum(p.numel() for p in trainer.params)
         ctx.log.info(f"{cfg.lattice.group} {'x'.join(map(str, cfg.lattice.shape))} "
                      f"beta={cfg.action.beta}: {len(trainer.model.layers)} layers, {n} "
                      f"parameters, {ctx.size} rank(s) ({ctx.comm.backend}), device "
                      f"{ctx.device}, run dir {run_dir}")
-        last = trainer.run().last
+        last = trainer.run(started=started).last
         if last:
             msg = f"step {trainer.step}: loss {last['loss']:+.4f}, batch ESS {last['ess']:.4f}"
             if last.get("eval_ess") is not None:

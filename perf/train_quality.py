@@ -23,7 +23,7 @@ from common import machine, print_table, write_json  # noqa: E402
 from hpcflow import load_config  # noqa: E402
 from hpcflow.app.context import RunContext  # noqa: E402
 from hpcflow.app.metrics import read_metrics  # noqa: E402
-from hpcflow.app.train import Trainer  # noqa: E402
+from hpcflow.app.train import prepare_training  # noqa: E402
 from hpcflow.distributed import NoneComm  # noqa: E402
 from hpcflow.lattice import exact  # noqa: E402
 
@@ -46,8 +46,11 @@ def main() -> None:
         f"train.walltime={args.minutes * 60}", f"train.eval_batch_size={args.eval}"])
     t0 = time.perf_counter()
     comm = NoneComm(device=cfg.distributed.device, threads=args.threads)  # --set distributed.device
-    trainer = Trainer(cfg, RunContext(comm, out / "run"))
-    result = trainer.run()
+    # with train.pretrain, the first stage on the smaller lattice counts in the ten minutes
+    trainer, started = prepare_training(cfg, RunContext(comm, out / "run"))
+    if trainer is None:
+        raise SystemExit("the walltime ran out in the first stage (train.pretrain)")
+    result = trainer.run(started=started)
     train_s = time.perf_counter() - t0
     final = trainer.evaluate()
     exact_lz = exact.exact_log_z(cfg.lattice.group, cfg.lattice.shape, cfg.action.beta)

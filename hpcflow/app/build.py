@@ -15,7 +15,7 @@ from ..errors import ConfigError, InputFileError
 from ..flows.model import GaugeFlow, build_flow
 from ..flows.smearing import StoutSchedule, StoutSmearing, first_order_rho
 from ..flows.stochastic import OnLinks, StochasticFlow, power_protocol
-from ..io.checkpoint import load_latest_checkpoint
+from ..io.checkpoint import load_checkpoint, load_latest_checkpoint
 from ..kernels import fused_kernels_error
 from ..lattice.action import GaugeAction
 from ..lattice.algebra import algebra_basis
@@ -24,8 +24,8 @@ from ..masks import build_schedule
 from .config import Config, config_from_dict, mask_schedule
 from .optim import ParameterAverage
 
-__all__ = ["build_action", "build_model", "fused_kernel", "load_model", "protocol",
-           "restore_average"]
+__all__ = ["build_action", "build_model", "fused_kernel", "load_model", "model_from_checkpoint",
+           "protocol", "read_checkpoint", "restore_average"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -125,6 +125,33 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
     ckpt = load_latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise InputFileError(run_dir, "no complete checkpoint in checkpoints/ (train first)")
+    model = model_from_checkpoint(ckpt)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def read_checkpoint(source: str | Path) -> dict:
+    """The checkpoint ``source`` names: a checkpoint file, or a run directory's newest
+    complete one; an :class:`InputFileError` naming ``source`` when there is none."""
+    source = Path(source)
+    if source.is_dir():
+        ckpt = load_latest_checkpoint(source / "checkpoints")
+        if ckpt is None:
+            raise InputFileError(source, "no complete checkpoint in checkpoints/ (train first)")
+        return ckpt
+    try:
+        return load_checkpoint(source)
+    except FileNotFoundError:
+        raise InputFileError(source, "no such run directory or checkpoint file") from None
+    except (OSError, ValueError) as err:
+        raise InputFileError(source, str(err)) from None
+
+
+def model_from_checkpoint(ckpt: dict) -> GaugeFlow | StochasticFlow:
+    """The sampler checkpoint ``ckpt`` holds, on the CPU in eval mode: its parameters' moving
+    average where training kept one (``train.ema``), else its parameters; ``model.config`` and
+    ``model.checkpoint_step`` set."""
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
@@ -135,8 +162,6 @@ def load_model(run_dir: str | Path, *, device: str | torch.device | None = None
         average = ParameterAverage.of(model)
         restore_average(average, ckpt)
         average.copy_to_parameters()
-    if device is not None:
-        model = model.to(device)
     model.eval()
     model.config = cfg
     model.checkpoint_step = int(ckpt["step"])

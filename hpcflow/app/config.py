@@ -41,10 +41,12 @@ __all__ = [
     "HMCConfig",
     "HeatbathConfig",
     "SamplerConfig",
+    "PretrainConfig",
     "load_config",
     "config_from_dict",
     "apply_overrides",
     "check_resumable",
+    "pretrain_config",
     "config_reference",
     "sampling_config",
     "mask_schedule",
@@ -171,6 +173,32 @@ class ModelConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """``train.pretrain``: a first training stage on a smaller lattice (volume transfer), in
+    ``RUN_DIR/pretrain``, whose trained flow starts the training on ``lattice.shape``. Every
+    layer is a translation-equivariant convolution and spline, so the small lattice's cheaper
+    steps learn the local structure first. ``train.walltime`` covers both stages; a resumed run
+    skips a finished first stage. U(1) 8x8 at beta = 2 in ten minutes on two ranks: sample ESS
+    0.672 after 350 steps on 4x4 against 0.627 on 8x8 alone (perf/RESULTS.md)."""
+
+    shape: list[int] = field(default_factory=list)
+    """Extents of the smaller lattice, as many as ``lattice.shape``'s; ``[]``: no first
+    stage. Its masks and loops must fit it as they fit ``lattice.shape``."""
+    steps: int = 0
+    """Optimizer steps on it, at the constant rate ``train.lr``, with the batch, seed and
+    ``init_from`` of ``train``; no evaluations."""
+
+    def check(self, key: str) -> None:
+        _positive(self.steps, f"{key}.steps", allow_zero=True)
+        if bool(self.shape) != bool(self.steps):
+            raise ConfigError(f"{key}.shape" if self.steps else f"{key}.steps",
+                              "give both train.pretrain.shape and train.pretrain.steps, or "
+                              "neither")
+        if any(x < 1 for x in self.shape):
+            raise ConfigError(f"{key}.shape", f"expected positive extents, got {self.shape}")
+
+
+@dataclass
 class TrainConfig:
     """``train``: reverse-KL training."""
 
@@ -234,6 +262,18 @@ class TrainConfig:
     sample) a step may have. The path gradient is valid only if the inverse pass reproduces
     the forward map; a sharp float32 flow can lose it, and its path gradients then drive the
     loss up. Such a step is skipped and counted as bad. 0 disables the check."""
+    init_from: str = ""
+    """A run directory (its newest complete checkpoint) or a checkpoint file whose trained
+    parameters (their moving average, where that run kept one) start this run instead of a
+    random initialization; ``""``: none. Its ``lattice.group``, number of dimensions and
+    ``model`` must equal this run's; ``lattice.shape``, ``action`` and every ``train`` key may
+    differ (every layer is a translation-equivariant convolution and spline): a warm start at
+    a new coupling, a new schedule on top of a finished run, or a larger volume. Only a fresh
+    run uses it: a resumed run continues from its own checkpoint. The optimizer, the step count
+    and the learning-rate schedule start afresh (``train.pretrain`` runs both stages in one
+    command)."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """A first stage on a smaller lattice (below)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise reproducible runs and restarts."""
     tensorboard: bool = False
@@ -263,6 +303,7 @@ class TrainConfig:
         for name in ("log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
             _positive(getattr(self, name), f"{key}.{name}")
         self.walltime_seconds(key)
+        self.pretrain.check(f"{key}.pretrain")
 
     def walltime_seconds(self, key: str = "train") -> float:
         """``walltime`` in seconds (``inf`` when unset)."""
@@ -527,6 +568,9 @@ class Config:
             if hasattr(section, "check"):
                 section.check(f.name)
         s = self.sampler
+        if self.train.pretrain.steps and s.kind != "flow":
+            raise ConfigError("train.pretrain", f"a first stage on a smaller lattice is for "
+                              f"sampler.kind flow, not {s.kind}")
         if s.kind != "flow" and s.beta_start == self.action.beta:
             raise ConfigError("sampler.beta_start", f"a protocol from beta_start = "
                               f"{s.beta_start} to action.beta = {self.action.beta} does not "
@@ -567,11 +611,28 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise InputFileError(path, f"not valid YAML: {exc}") from None
+            raise InputFileError(path, f"not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise InputFileError(path, "expected a mapping of sections at the top level")
     data = apply_overrides(data, overrides)
     return config_from_dict(data, model=model)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem where it was found (1-based line and column)
+    and what was being parsed, instead of its multi-line text with source excerpts."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(exc).split())
+    line = f"{problem} at {at(mark)}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        line += f" ({context}" + (f" from {at(context_mark)})" if context_mark else ")")
+    return line
 
 
 def apply_overrides(data: dict[str, Any], overrides) -> dict[str, Any]:
@@ -616,7 +677,33 @@ def config_from_dict(data: dict[str, Any], *, model: bool | None = None) -> Conf
         check_updates(cfg, "sampler.kind")
     if cfg.sampler.needs_model if model is None else model:
         _resolve_model(cfg)
+        if cfg.train.pretrain.steps:
+            pretrain_config(cfg)  # the model fits the smaller lattice too
     return cfg
+
+
+def pretrain_config(cfg: Config) -> Config | None:
+    """The configuration of ``cfg``'s first training stage (``train.pretrain``), or ``None``
+    when it has none: ``lattice.shape`` the smaller lattice, ``train.steps`` its steps at the
+    constant rate ``train.lr``, no evaluations or plots, no further stage; everything else
+    (the model, the batch, the seed, ``init_from``, the walltime) as in ``cfg``. A model that
+    does not fit the smaller lattice is a :class:`ConfigError` naming ``train.pretrain.shape``.
+    """
+    pre = cfg.train.pretrain
+    if not pre.steps:
+        return None
+    data = cfg.to_dict()
+    if len(pre.shape) != cfg.lattice.nd:
+        raise ConfigError("train.pretrain.shape", f"expected {cfg.lattice.nd} extents as "
+                          f"lattice.shape {cfg.lattice.shape}, got {pre.shape}")
+    data["lattice"]["shape"] = list(pre.shape)
+    data["train"].update(steps=pre.steps, schedule="constant", eval_every=0, plot=False,
+                         pretrain={})
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError("train.pretrain.shape", f"the model does not fit the lattice "
+                          f"{pre.shape}: {exc.key}: {exc.expected}") from None
 
 
 def check_updates(cfg: Config, why: str) -> None:
@@ -711,26 +798,37 @@ def sampling_config(trained: Config, overrides) -> Config:
     return config_from_dict(data)
 
 
-def check_resumable(saved: dict[str, Any], cfg: Config, where: str) -> None:
+def check_resumable(saved: dict[str, Any], cfg: Config, where: str, *,
+                    transfer: bool = False) -> None:
     """Refuse to resume from a checkpoint whose lattice or model differ from ``cfg``'s (for a
     stochastic flow also the sampler keys that set its layers and parameters).
 
     ``saved``: the checkpoint's configuration (plain data, resolved by this version first, so
-    that older checkpoints with defaults left empty compare equal)."""
+    that older checkpoints with defaults left empty compare equal). ``transfer``: the check of
+    ``train.init_from``, where the lattice's extents may differ (not its dimensions)."""
     old = config_from_dict(saved).to_dict()
     new = cfg.to_dict()
     keys = {section: sorted(set(old[section]) | set(new[section]))
             for section in ("lattice", "model")}
     if "flow" not in (old["sampler"]["kind"], new["sampler"]["kind"]):
         keys["sampler"] = ["kind", "steps", "layer", "layers", "knots"]
+    if transfer:
+        keys["lattice"].remove("shape")
+        old["lattice"]["dims"] = len(old["lattice"]["shape"])
+        new["lattice"]["dims"] = len(new["lattice"]["shape"])
+        keys["lattice"].append("dims")
     diffs = [f"{section}.{key}: {old[section].get(key)!r} in the checkpoint, "
              f"{new[section].get(key)!r} now"
              for section, names in keys.items() for key in names
              if old[section].get(key) != new[section].get(key)]
     if diffs:
-        raise ConfigError(diffs[0].split(":")[0], f"cannot resume from {where}: the "
-                          f"configuration changed in keys that define the model "
-                          f"({'; '.join(diffs)}); use a new run directory or the original values")
+        key = diffs[0].split(":")[0]
+        if transfer:
+            raise ConfigError("train.init_from", f"cannot start from {where}: it differs in "
+                              f"keys that define the model ({'; '.join(diffs)})")
+        raise ConfigError(key, f"cannot resume from {where}: the configuration changed in "
+                          f"keys that define the model ({'; '.join(diffs)}); use a new run "
+                          f"directory or the original values")
 
 
 def _build(cls, data, key: str):

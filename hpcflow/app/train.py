@@ -23,7 +23,9 @@ One step (docs/physics.md, "Training and sampling"):
 Around it: metrics (rank 0 writes ``metrics.jsonl``), evaluation on a larger batch (one more
 collective), atomic checkpoints with automatic resume (one collective: the check that every rank
 holds the same state, ``comm.check_replicas_``; also every ``distributed.check_every`` steps),
-signals and wall time, plots at the end.
+signals and wall time, plots at the end. With ``train.pretrain``, :func:`prepare_training`
+first trains the same model on a smaller lattice in ``RUN_DIR/pretrain`` and starts this
+training from its flow (volume transfer).
 """
 
 from __future__ import annotations
@@ -44,16 +46,27 @@ from ..errors import ConfigError, HpcflowError
 from ..estimators import ess, independence_metropolis, logsumexp
 from ..flows.prior import STREAM_EVAL, STREAM_TRAIN
 from ..io.atomic import write_atomic
-from ..io.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
-from .build import build_action, build_model, restore_average
-from .config import check_resumable
+from ..io.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .build import (
+    build_action,
+    build_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    restore_average,
+)
+from .config import check_resumable, pretrain_config
 from .context import RunContext
 from .metrics import MetricsLog, TensorBoardLog
 from .optim import ParameterAverage, build_optimizer, set_lr
 from .plots import plot_training
 from .propose import StartEnsemble, propose
 
-__all__ = ["Trainer", "TrainResult", "job_elapsed", "model_seed"]
+__all__ = ["Trainer", "TrainResult", "job_elapsed", "model_seed", "prepare_training"]
 
 _STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 #: why training stops early, by priority (a signal names its sender, the scheduler or a person,
@@ -100,11 +113,14 @@ class Trainer:
     gets its run directory and a step-0 checkpoint, so that ``hpcflow sample RUN_DIR`` works
     for every kind."""
 
-    def __init__(self, cfg, ctx: RunContext):
+    def __init__(self, cfg, ctx: RunContext, *, run_dir: str | Path | None = None,
+                 init_from: str | Path | None = None, label: str = "train"):
         self.cfg = cfg
         self.tc = cfg.train
         self.ctx = ctx
-        self.run_dir = ctx.run_dir
+        self.run_dir = Path(run_dir) if run_dir is not None else ctx.run_dir
+        self.init_from = str(init_from) if init_from is not None else self.tc.init_from
+        self.label = label
         self.comm = comm = ctx.comm
         for key in ("batch_size", "eval_batch_size"):
             n = getattr(self.tc, key)
@@ -161,6 +177,8 @@ class Trainer:
             self.elapsed_before = float(state["elapsed"])
             self.ctx.log.info(f"resuming from {ckpt['path']} at step {self.step}")
         else:
+            if self.init_from:
+                self._initialize_from(self.init_from)
             comm.broadcast_model_(self.model)
         if self.tc.ema > 0 and self.params:
             self.average = ParameterAverage.of(self.model, self.tc.ema)
@@ -172,6 +190,23 @@ class Trainer:
                                       resume_step=self.step if ckpt is not None else None)
             self.tensorboard = (TensorBoardLog(self.run_dir / "tensorboard")
                                 if self.tc.tensorboard else None)
+
+    def _initialize_from(self, source: str) -> None:
+        """``train.init_from``: this model's parameters from the sampler of checkpoint or run
+        directory ``source`` (rank 0 reads it, every rank checks and loads it)."""
+        comm = self.comm
+        ckpt = read_checkpoint(source) if comm.is_root else None
+        ckpt = comm.broadcast_object(ckpt)
+        check_resumable(ckpt["config"], self.cfg, ckpt["path"], transfer=True)
+        trained = model_from_checkpoint(ckpt)
+        try:
+            self.model.load_state_dict(trained.state_dict())
+        except RuntimeError as err:  # the same keys, yet another layer structure
+            raise ConfigError("train.init_from", f"the model of {ckpt['path']} does not fit "
+                              f"this lattice: {str(err).splitlines()[-1].strip()}") from None
+        shape = "x".join(map(str, trained.config.lattice.shape))
+        self.ctx.log.info(f"parameters from {ckpt['path']} (step {trained.checkpoint_step}, "
+                          f"lattice {shape})")
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict:
@@ -245,8 +280,10 @@ class Trainer:
                 "eval_loss": -float(lw.mean())}
 
     # ------------------------------------------------------------------ the loop
-    def run(self, until: int | None = None) -> TrainResult:
-        """Train to ``train.steps`` (or only to step ``until``), checkpoint, plot."""
+    def run(self, until: int | None = None, *, started: float | None = None) -> TrainResult:
+        """Train to ``train.steps`` (or only to step ``until``), checkpoint, plot.
+        ``started``: the ``time.perf_counter()`` from which ``train.walltime`` counts in this
+        process (default: now; :func:`prepare_training` gives its first stage's start)."""
         tc, comm = self.tc, self.comm
         if not self.params:  # nothing to train (annealing): a step-0 checkpoint for `sample`
             self.ctx.log.info(f"sampler.kind {self.cfg.sampler.kind} has no parameters: nothing "
@@ -256,12 +293,14 @@ class Trainer:
             return TrainResult(step=self.step, reason="done", last={})
         last_step = tc.steps if until is None else min(until, tc.steps)
         t_start = time.perf_counter()
-        # the job's start-up (modules, imports, model build) counts against its walltime
-        self._t_start, self._walltime = t_start, tc.walltime_seconds() - job_elapsed()
+        # the job's start-up (modules, imports, model build) and earlier stages count
+        # against its walltime
+        spent = max(job_elapsed(), t_start - started if started is not None else 0.0)
+        self._t_start, self._walltime = t_start, tc.walltime_seconds() - spent
         self._stop_reason = ""
         check_every = self.cfg.distributed.check_every
         previous = self._install_signal_handlers()
-        progress = self.ctx.progress(tc.steps, initial=self.step, desc="train", unit="step")
+        progress = self.ctx.progress(tc.steps, initial=self.step, desc=self.label, unit="step")
         reason = "done"
         try:
             while self.step < last_step:
@@ -382,6 +421,33 @@ class Trainer:
     def _restore_signal_handlers(previous) -> None:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def prepare_training(cfg, ctx: RunContext) -> tuple[Trainer | None, float]:
+    """The trainer of ``hpcflow train`` and the ``time.perf_counter()`` from which its
+    ``train.walltime`` counts. With ``train.pretrain``, the first stage runs here: training
+    on the smaller lattice (:func:`~hpcflow.app.config.pretrain_config`) in
+    ``RUN_DIR/pretrain``, whose trained flow then starts ``cfg``'s training. Both resume: a
+    run with checkpoints of its own skips the first stage, a finished first stage is not run
+    again, and the walltime counts from the first stage's start. ``None`` for the trainer
+    when the first stage stopped early (walltime, signal): the same command resumes it."""
+    small = pretrain_config(cfg)
+    started = time.perf_counter()
+    source = None
+    if small is not None:
+        pre_dir = ctx.run_dir / "pretrain"
+        found = ((list_checkpoints(ctx.run_dir / "checkpoints"),
+                  list_checkpoints(pre_dir / "checkpoints")) if ctx.comm.is_root else None)
+        own, pre = ctx.comm.broadcast_object(found)  # rank 0 looks, every rank decides alike
+        if not own:
+            source = pre_dir
+            if not pre or pre[-1][0] < small.train.steps:
+                shape = "x".join(map(str, small.lattice.shape))
+                ctx.log.info(f"first stage: {small.train.steps} steps on {shape} in {pre_dir}")
+                pre_trainer = Trainer(small, ctx, run_dir=pre_dir, label="pretrain")
+                if pre_trainer.run(started=started).reason != "done":
+                    return None, started
+    return Trainer(cfg, ctx, init_from=source), started
 
 
 def _stop_reason(votes) -> str:

@@ -18,7 +18,7 @@ import torch
 from .._version import __version__
 from .atomic import atomic_path, remove_stale_temporaries
 
-__all__ = ["CHECKPOINT_FORMAT", "list_checkpoints", "load_latest_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "list_checkpoints", "load_checkpoint", "load_latest_checkpoint",
            "prune_checkpoints", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "hpcflow-checkpoint-1"
@@ -53,6 +53,22 @@ def _load(path: Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ValueError(f"missing fields {missing}")
+    return data
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint file ``path`` (with ``"path"`` set); ``ValueError`` when it is not a
+    complete hpcflow checkpoint, ``OSError`` when it cannot be read."""
+    try:
+        data = _load(Path(path))
+    except OSError:
+        raise
+    except ValueError:  # a foreign or incomplete payload: _load's own message
+        raise
+    except Exception as exc:  # truncated, corrupt, not a torch file (torch's text: many lines)
+        raise ValueError(f"not a complete hpcflow checkpoint (torch.load: "
+                         f"{type(exc).__name__})") from None
+    data["path"] = str(path)
     return data
 
 

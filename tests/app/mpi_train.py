@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hpcflow import load_config
-from hpcflow.app.train import Trainer
+from hpcflow.app.train import prepare_training
 from hpcflow.distributed import install_abort_hook, make_communicator
 
 # Run as a script: make the repository root importable for tests.helpers.
@@ -33,8 +33,8 @@ def main() -> None:
     install_abort_hook(comm)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"pid-r{comm.rank}").write_text(str(os.getpid()))
-    trainer = Trainer(cfg, run_ctx(run_dir, comm))
-    trainer.run()
+    trainer, started = prepare_training(cfg, run_ctx(run_dir, comm))  # with train.pretrain
+    trainer.run(started=started)
     torch.save(trainer.model.state_dict(), run_dir / f"params-r{comm.rank}.pt")
     comm.close()
 

@@ -123,6 +123,16 @@ def test_analyze_a_file_that_is_not_samples(capsys, tmp_path):
     one_line(capsys, "foreign.h5", "analyze", str(tmp_path / "foreign.h5"))
 
 
+def test_broken_yaml_is_one_line_with_its_place(capsys, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("lattice: {shape: [4, 4], group: U1\naction: {beta: 1.0}\n")
+    line = one_line(capsys, "broken.yaml", "train", str(path), "-o", str(tmp_path / "r"))
+    assert "line 2, column 7" in line and "flow mapping from line 1, column 10" in line
+    path.write_text("lattice:\n  shape: [4, 4]\n   group: U1\n")
+    assert "line 3, column 4" in one_line(capsys, "broken.yaml", "check", str(path))
+    assert not (tmp_path / "r").exists()
+
+
 def test_counts_must_be_positive(capsys, config, tmp_path):
     one_line(capsys, "--n", "hmc", str(config), "-o", str(tmp_path / "h"), "--n", "0")
     one_line(capsys, "--n", "check", str(config), "--n", "-3")
@@ -142,6 +152,20 @@ def test_resume_with_another_lattice(capsys, tmp_path, empty):
     capsys.readouterr()
     one_line(capsys, "cannot resume", "train", empty, "-o", str(run),
              *sets(*TINY_U1, "train.steps=4", "lattice.shape=[8, 8]"))
+
+
+def test_init_from_nothing_or_another_model(capsys, tmp_path, empty):
+    run = tmp_path / "r"
+    one_line(capsys, "missing", "train", empty, "-o", str(run),
+             *sets(*TINY_U1, f"train.init_from={tmp_path / 'missing'}"))
+    assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
+    assert main(["train", empty, "-o", str(run), *sets(*TINY_U1, "train.steps=2")]) == 0
+    capsys.readouterr()
+    one_line(capsys, "train.init_from", "train", empty, "-o", str(tmp_path / "s"),
+             *sets(*TINY_U1, "model.bins=6", f"train.init_from={run}"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    one_line(capsys, "junk.pt", "train", empty, "-o", str(tmp_path / "j"),
+             *sets(*TINY_U1, f"train.init_from={tmp_path / 'junk.pt'}"))
 
 
 def test_resume_a_stochastic_flow_with_other_knots(capsys, tmp_path, empty):

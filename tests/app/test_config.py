@@ -58,6 +58,12 @@ def test_resolved_yaml_round_trips(tmp_path):
         ("model.multi_update=0", "model.multi_update"),
         ("model.features=[hexagon]", r"model.features\[0\]"),
         ("model.masks=[{directions: [0], stepz: [1, 0]}]", r"model.masks\[0\].stepz"),
+        ("train.pretrain={shape: [4, 4]}", "train.pretrain.steps"),
+        ("train.pretrain={steps: 10}", "train.pretrain.shape"),
+        ("train.pretrain={shape: [4, 0], steps: 10}", "train.pretrain.shape"),
+        ("train.pretrain={shape: [4, 4, 4], steps: 10}", "train.pretrain.shape"),
+        ("train.pretrain={shape: [3, 3], steps: 10}", "train.pretrain.shape"),  # width-4 masks
+        ("train.pretrain.steps=-1", "train.pretrain.steps"),
         ("lattice.colour=3", "lattice.colour"),
         ("trian.steps=3", "trian"),
         ("lattice=3", "lattice"),
@@ -93,3 +99,21 @@ def test_missing_and_corrupt_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(InputFileError, match="scalar.yaml"):
         load_config(scalar)
+
+
+def test_pretrain_stage_configuration():
+    """``train.pretrain``: the first stage trains the same model on the smaller lattice at
+    a constant rate; a stochastic flow has no first stage."""
+    from hpcflow.app.config import pretrain_config
+
+    cfg = load_config(None, MINIMAL + ["train.pretrain={shape: [4, 4], steps: 30}",
+                                       "train.init_from=elsewhere", "train.batch_size=32"])
+    small = pretrain_config(cfg)
+    assert small.lattice.shape == [4, 4] and small.model == cfg.model
+    assert (small.train.steps, small.train.schedule, small.train.eval_every) == (30, "constant", 0)
+    assert small.train.pretrain.steps == 0 and small.train.init_from == "elsewhere"
+    assert small.train.batch_size == 32 and small.action == cfg.action
+    assert pretrain_config(load_config(None, MINIMAL)) is None
+    with pytest.raises(ConfigError, match="config key 'train.pretrain'.*snf"):
+        load_config(None, MINIMAL + ["train.pretrain={shape: [4, 4], steps: 30}",
+                                     "sampler.kind=snf"])

@@ -56,6 +56,23 @@ def test_two_ranks_reproduce_one_process(reference, tmp_path, backend):
     assert all(torch.allclose(p0[k], ref[k], rtol=1e-9, atol=1e-12) for k in p0)
 
 
+def test_two_ranks_reproduce_one_process_through_a_first_stage(tmp_path):
+    """``train.pretrain``: both stages on two ranks give one process's metrics and
+    parameters (the first stage's on 4x4, the run's on 8x8 from its flow)."""
+    stages = ["lattice.shape=[8, 8]", "train.pretrain={shape: [4, 4], steps: 6}",
+              "train.steps=6"]
+    for ranks, backend in ((1, "none"), (2, "mpi")):
+        res = run_worker(tmp_path / str(ranks), backend, ranks, *stages)
+        assert res.returncode == 0, res.stdout + res.stderr
+    for run in ("pretrain", ""):
+        for key in ("loss", "grad_norm"):
+            ref, got = (_series(tmp_path / str(r) / run, key) for r in (1, 2))
+            assert len(ref) == len(got) == 6, (run, key)
+            assert all(abs(a - b) <= 1e-10 * abs(a) for a, b in zip(ref, got, strict=True))
+    p1, p2 = (torch.load(tmp_path / r / "params-r0.pt", weights_only=True) for r in "12")
+    assert all(torch.allclose(p1[k], p2[k], rtol=1e-9, atol=1e-12) for k in p1)
+
+
 def test_killed_rank_ends_job_and_run_resumes(tmp_path):
     """SIGKILL of rank 1 mid-run: the job exits non-zero within 60 s; the same command again
     resumes from the last complete checkpoint and ends with the undisturbed parameters."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcflow import HpcflowError, InputFileError, load_config, load_model
+from hpcflow import ConfigError, HpcflowError, InputFileError, load_config, load_model
 from hpcflow.app.metrics import read_metrics
 from hpcflow.app.optim import ParameterAverage, build_optimizer, ema_decay
 from hpcflow.app.train import Trainer
@@ -195,6 +195,84 @@ def test_incompatible_config_is_refused(tmp_path):
     with pytest.raises(HpcflowError, match="lattice.shape"):
         train(tmp_path / "r", "lattice.shape=[8, 8]")
     train(tmp_path / "r", "train.steps=5", "train.lr=0.001")  # training keys may change
+
+
+def test_init_from_starts_a_larger_lattice_from_the_trained_average(tmp_path):
+    """Volume transfer (``train.init_from``): the 8x8 run starts from the 4x4 run's averaged
+    parameters, which are already a better 8x8 flow than a fresh one; its own checkpoint wins
+    on resume; another model is refused naming the key."""
+    small = tmp_path / "small"
+    train(small, "train.ema=0.5", "train.steps=24")
+    big = [*TINY, "lattice.shape=[8, 8]", "train.eval_every=0"]
+    trainer = Trainer(load_config(None, [*big, f"train.init_from={small}"]),
+                      run_ctx(tmp_path / "big"))
+    assert same_state(trainer.model.state_dict(), final_params(small))
+    first = trainer.run(until=1).last["loss"]
+    fresh = Trainer(load_config(None, big), run_ctx(tmp_path / "fresh")).run(until=1).last
+    assert first < fresh["loss"] - 1.0  # nats: 24 small steps take off a good part of the KL
+    trainer.run(until=3)
+    # a resumed run continues from its own checkpoint, whatever init_from says
+    again = Trainer(load_config(None, [*big, f"train.init_from={tmp_path / 'fresh'}"]),
+                    run_ctx(tmp_path / "big"))
+    assert again.step == 3 and same_state(again.model.state_dict(), trainer.model.state_dict())
+    with pytest.raises(ConfigError, match=r"train.init_from.*model.layers: 8 .* 16"):
+        Trainer(load_config(None, [*big, "model.layers=16", f"train.init_from={small}"]),
+                run_ctx(tmp_path / "other"))
+    with pytest.raises(ConfigError, match=r"train.init_from.*lattice.dims: 2 .* 3"):
+        Trainer(load_config(None, [*big, "lattice.shape=[4, 4, 4]", "model.layers=12",
+                                     f"train.init_from={small}"]),
+                run_ctx(tmp_path / "3d"))
+    with pytest.raises(InputFileError, match="nowhere"):
+        Trainer(load_config(None, [*big, f"train.init_from={tmp_path / 'nowhere'}"]),
+                run_ctx(tmp_path / "none"))
+    ckpt = list_checkpoints(small / "checkpoints")[-1][1]  # a checkpoint file works too
+    assert same_state(Trainer(load_config(None, [*big, f"train.init_from={ckpt}"]),
+                              run_ctx(tmp_path / "file")).model.state_dict(), final_params(small))
+
+
+def test_pretrain_stage_starts_the_run_and_both_resume(tmp_path, monkeypatch):
+    """``train.pretrain``: the first stage trains on 4x4 in RUN_DIR/pretrain, the 8x8 run
+    starts from its averaged flow; a first stage stopped by the walltime resumes to the same
+    parameters as an uninterrupted one, a finished one is not run again, and a run with its
+    own checkpoints skips it."""
+    from hpcflow.app.train import prepare_training
+
+    def staged(run_dir, *extra):
+        cfg = load_config(None, [*TINY, "lattice.shape=[8, 8]", "train.ema=0.5",
+                                 "train.pretrain={shape: [4, 4], steps: 6}", *extra])
+        trainer, started = prepare_training(cfg, run_ctx(run_dir))
+        return trainer, (trainer.run(started=started) if trainer is not None else None)
+
+    trainer, result = staged(tmp_path / "full")
+    pre = tmp_path / "full" / "pretrain"
+    assert [s for s, _ in list_checkpoints(pre / "checkpoints")][-1] == 6
+    assert load_model(pre).config.lattice.shape == [4, 4] and result.step == 12
+    first = read_metrics(tmp_path / "full" / "metrics.jsonl")[0]["loss"]
+    train(tmp_path / "fresh", "lattice.shape=[8, 8]", "train.ema=0.5")
+    assert first < read_metrics(tmp_path / "fresh" / "metrics.jsonl")[0]["loss"] - 1.0
+    assert not same_state(final_params(tmp_path / "full"), final_params(tmp_path / "fresh"))
+    # a walltime shorter than the margin stops the first stage after one step, before the run
+    monkeypatch.setattr(Trainer, "run", _counting(Trainer.run, calls := []))
+    trainer, result = staged(tmp_path / "cut", "train.walltime=1")
+    assert trainer is None and not (tmp_path / "cut" / "checkpoints").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "pretrain" / "checkpoints")] == [1]
+    staged(tmp_path / "cut")  # resumes the first stage, then the run
+    assert same_state(final_params(tmp_path / "cut"), final_params(tmp_path / "full"))
+    assert same_state(final_params(tmp_path / "cut" / "pretrain"), final_params(pre))
+    calls.clear()
+    staged(tmp_path / "cut", "train.steps=14")  # resumes the run alone
+    assert [(t.label, t.step) for t in calls] == [("train", 14)]
+    (tmp_path / "cut" / "pretrain").rename(tmp_path / "gone")
+    staged(tmp_path / "cut", "train.steps=15")  # its own checkpoints: no first stage needed
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "checkpoints")][-1] == 15
+
+
+def _counting(run, calls):
+    def wrapped(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        calls.append(self)
+        return result
+    return wrapped
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
