@@ -821,12 +821,12 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: str, *,
              f"{new[section].get(key)!r} now"
              for section, names in keys.items() for key in names
              if old[section].get(key) != new[section].get(key)]
+    if diffs and transfer:
+        raise ConfigError("train.init_from", f"cannot start from {where}: it differs in keys "
+                          f"that define the model ({'; '.join(diffs)})")
     if diffs:
-        key = diffs[0].split(":")[0]
-        if transfer:
-            raise ConfigError("train.init_from", f"cannot start from {where}: it differs in "
-                              f"keys that define the model ({'; '.join(diffs)})")
-        raise ConfigError(key, f"cannot resume from {where}: the configuration changed in "
+        raise ConfigError(diffs[0].split(":")[0], f"cannot resume from {where}: the "
+                          f"configuration changed in "
                           f"keys that define the model ({'; '.join(diffs)}); use a new run "
                           f"directory or the original values")
 

@@ -61,9 +61,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     complete hpcflow checkpoint, ``OSError`` when it cannot be read."""
     try:
         data = _load(Path(path))
-    except OSError:
-        raise
-    except ValueError:  # a foreign or incomplete payload: _load's own message
+    except (OSError, ValueError):  # unreadable; or a foreign payload: _load's own message
         raise
     except Exception as exc:  # truncated, corrupt, not a torch file (torch's text: many lines)
         raise ValueError(f"not a complete hpcflow checkpoint (torch.load: "
@@ -81,13 +79,10 @@ def load_latest_checkpoint(directory: str | Path, *,
     """
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            data = _load(path)
-        except Exception as exc:  # any failure to read means: not a usable checkpoint
+            return load_checkpoint(path)
+        except (OSError, ValueError) as exc:  # not a usable checkpoint: try the one before
             if warn is not None:
                 warn(f"skipping unreadable checkpoint {path}: {exc}")
-            continue
-        data["path"] = str(path)
-        return data
     return None
 
 
