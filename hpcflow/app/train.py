@@ -161,8 +161,7 @@ class Trainer:
     def _resume(self) -> None:
         comm = self.comm
         ckpt = None
-        if comm.is_root:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if comm.is_root:  # the run directory is made once the start is known to work
             ckpt = load_latest_checkpoint(self.checkpoint_dir, warn=self.ctx.log.warning)
         # Every rank resumes from the checkpoint rank 0 chose (one read, one broadcast).
         ckpt = comm.broadcast_object(ckpt if comm.is_root else None)
@@ -185,6 +184,7 @@ class Trainer:
             if ckpt is not None and ckpt.get("average"):  # else: start from the parameters
                 restore_average(self.average, ckpt)
         if comm.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                       resume_step=self.step if ckpt is not None else None)

@@ -159,6 +159,11 @@ def test_init_from_nothing_or_another_model(capsys, tmp_path, empty):
     one_line(capsys, "missing", "train", empty, "-o", str(run),
              *sets(*TINY_U1, f"train.init_from={tmp_path / 'missing'}"))
     assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
+    # with a first stage, which starts from init_from: no empty RUN_DIR/pretrain either
+    one_line(capsys, "missing", "train", empty, "-o", str(run),
+             *sets(*TINY_U1, "lattice.shape=[8, 8]", "train.pretrain={shape: [4, 4], steps: 2}",
+                   f"train.init_from={tmp_path / 'missing'}"))
+    assert not (run / "pretrain").exists() and not (run / "config.yaml").exists()
     assert main(["train", empty, "-o", str(run), *sets(*TINY_U1, "train.steps=2")]) == 0
     capsys.readouterr()
     one_line(capsys, "train.init_from", "train", empty, "-o", str(tmp_path / "s"),
