@@ -26,8 +26,9 @@ setup(
     package_data={"hpcflow.kernels": ["csrc/*.cpp", "csrc/*.h"]},
     install_requires=[
         # A range: clusters bring their own CUDA/ROCm/XPU builds. The CPU install path
-        # (Makefile) pins torch==2.13.0, see README.md.
-        "torch>=2.1,<3",
+        # (Makefile) pins torch==2.13.0; the whole suite also ran with 2.11.0 and, but for
+        # the compiled path and the gloo backend, with 2.5.1 (README.md, "Other torch builds").
+        "torch>=2.5,<3",
         "numpy>=1.24",
         "scipy>=1.10",
         "pyyaml>=6.0",

@@ -55,7 +55,8 @@ case "$DEVICE" in
         CONV_ARGS=(--variants ours --repeats 1 --warmup 0 --threads 1)
         SAMPLING_ARGS=(--configs configs/u1_2d.yaml --n 64 --batch 32)
         TRAIN_ARGS=(--config configs/u1_2d.yaml --minutes 0.15 --eval 64 --threads 1
-                    --set train.batch_size=8 --set train.eval_every=0)
+                    --set train.batch_size=8 --set train.eval_every=0
+                    --set train.pretrain.steps=3)  # its first stage on 4x4, shortened
         LIMITS=(pytest=120 flow=60 conv=60 sampling=60 train=60) ;;
     *) echo "gpu_check: GPU_CHECK_DEVICE must be cuda or cpu, not $DEVICE" >&2; exit 2 ;;
 esac

@@ -513,7 +513,8 @@ def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Ten
     (zero at ``t = 0``, equal to ``B_0`` at ``t = 1``).
     """
     freq = _frequencies(coeff.shape[-2], t.dtype, t.device, in_inference_mode())
-    arg = t[..., None] * freq[not first_step]
+    # an int index: torch.compile of torch 2.11 (the GPU machines' build) refuses a bool one
+    arg = t[..., None] * freq[0 if first_step else 1]
     basis = torch.cos(arg) if first_step else torch.sin(arg)
     return (basis[..., :, None] * coeff.to(t.dtype)).sum(-2)
 
