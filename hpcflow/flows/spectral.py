@@ -512,9 +512,8 @@ def _series(t: torch.Tensor, coeff: torch.Tensor, first_step: bool) -> torch.Ten
     Step 1: ``sum_m A_m cos(pi m t)``; step 2: ``B_0 sin(pi t / 2) + sum_{m>=1} B_m sin(pi m t)``
     (zero at ``t = 0``, equal to ``B_0`` at ``t = 1``).
     """
-    freq = _frequencies(coeff.shape[-2], t.dtype, t.device, in_inference_mode())
-    # an int index: torch.compile of torch 2.11 (the GPU machines' build) refuses a bool one
-    arg = t[..., None] * freq[0 if first_step else 1]
+    cos_freq, sin_freq = _frequencies(coeff.shape[-2], t.dtype, t.device, in_inference_mode())
+    arg = t[..., None] * (cos_freq if first_step else sin_freq)
     basis = torch.cos(arg) if first_step else torch.sin(arg)
     return (basis[..., :, None] * coeff.to(t.dtype)).sum(-2)
 
